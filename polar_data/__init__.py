@@ -1,0 +1,1 @@
+"""polar_data: session recordings -> canonical sessions -> sharded stores -> loaders."""
