@@ -26,7 +26,8 @@ def resample(session: Session, factor: int) -> Session:
     if factor == 1:
         return session
     _, starts, stops = session.trial_bounds()
-    firsts = [np.arange(a, a + ((b - a) // factor) * factor, factor) for a, b in zip(starts, stops)]
+    firsts = [np.arange(a, a + ((b - a) // factor) * factor, factor)
+              for a, b in zip(starts, stops)]
     first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
     if first.size == 0:
         raise SessionError(

@@ -190,5 +190,6 @@ class Session:
         _, starts, _ = self.trial_bounds()
         ids = self.trial[starts]
         if len(np.unique(ids)) != len(ids):
-            fail("trial", "a trial id appears in two separate runs of bins (trials must be contiguous)")
+            fail("trial", "a trial id appears in two separate runs of bins "
+                 "(trials must be contiguous)")
         return self

@@ -58,6 +58,14 @@ def bins_in_intervals(t: np.ndarray, dt: float, intervals) -> np.ndarray:
     return out
 
 
+def mask_to_intervals(t: np.ndarray, dt: float, mask: np.ndarray) -> list[list[float]]:
+    """Runs of True in ``mask`` [T] as ``[t_first, t_last + dt]`` intervals (seconds); the
+    inverse of :func:`bins_in_intervals` on the same bin grid."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    a, b = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [[float(t[i]), float(t[j - 1] + dt)] for i, j in zip(a, b)]
+
+
 def median_rate(t: np.ndarray, trial: np.ndarray) -> float:
     """Bins per second from the median time step inside trials."""
     steps = np.diff(t)[np.diff(trial) == 0]
@@ -88,7 +96,9 @@ def read_dset(
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
         raise SessionError(f"{path}: corrupt or unreadable .dset file ({e})") from e
     if not isinstance(blob, dict) or "covariates" not in blob:
-        raise SessionError(f"{path}: not a .dset (expected a dict with 'covariates' and 'metadata')")
+        raise SessionError(
+            f"{path}: not a .dset (expected a dict with 'covariates' and 'metadata')"
+        )
     cov = blob["covariates"]
     meta = dict(blob.get("metadata") or {})
     where = f"{path}"

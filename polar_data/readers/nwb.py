@@ -39,7 +39,7 @@ import numpy as np
 from ..checksum import sha256_file
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session, SessionError
-from .dset import bins_in_intervals, median_rate
+from .dset import bins_in_intervals, mask_to_intervals, median_rate
 
 CROPS_NAME = "gaze_contingent_stim"
 PRESENTATION_NAME = "stimulus_presentation"
@@ -190,13 +190,6 @@ def read_nwb(path: str | Path) -> Session:
     return session.validate()
 
 
-def _valid_intervals(t: np.ndarray, dt: float, valid: np.ndarray) -> list[list[float]]:
-    """Contiguous runs of True in ``valid`` as ``[t_first, t_last + dt]`` intervals."""
-    edges = np.diff(np.concatenate([[0], valid.astype(np.int8), [0]]))
-    a, b = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return [[float(t[i]), float(t[j - 1] + dt)] for i, j in zip(a, b)]
-
-
 def write_nwb(
     session: Session,
     path: str | Path,
@@ -242,7 +235,7 @@ def write_nwb(
     for j in range(session.n_units):
         kw = {}
         if session.unit_valid is not None:
-            kw["obs_intervals"] = _valid_intervals(session.t, dt, session.unit_valid[:, j])
+            kw["obs_intervals"] = mask_to_intervals(session.t, dt, session.unit_valid[:, j])
         nwb.add_unit(id=int(session.unit_ids[j]), spike_times=spike_times[j], **kw)
     if layout == "crops":
         nwb.add_stimulus(ImageSeries(
@@ -253,7 +246,8 @@ def write_nwb(
     elif layout == "screen":
         if screen_images is None or presentation is None or screen_ppd is None:
             raise ValueError("layout='screen' needs screen_images, presentation and screen_ppd")
-        imgs = [GrayscaleImage(name=f"image_{i:03d}", data=im) for i, im in enumerate(screen_images)]
+        imgs = [GrayscaleImage(name=f"image_{i:03d}", data=im)
+                for i, im in enumerate(screen_images)]
         images = Images(name="natural_images", images=imgs, description="full-screen images")
         nwb.add_stimulus_template(images)
         onsets, index = presentation
