@@ -57,3 +57,15 @@ def assert_sessions_equal(a: Session, b: Session, stim=True):
         assert a.true_rate is None and b.true_rate is None
     else:
         np.testing.assert_array_equal(a.true_rate, b.true_rate)
+
+
+def load_pipeline(name: str):
+    """Import ``pipelines/<name>.py`` as a module (pipelines/ is scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "pipelines" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"pipelines_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Build verified Zarr + WebDataset stores from session recordings.
+
+    python pipelines/build_shards.py                      # demo sessions -> data/demo_store
+    python pipelines/build_shards.py --config configs/data/lab.yaml 'raw/*/datasets/backimage.dset'
+    python pipelines/build_shards.py --model-config configs/model/full.yaml   # window from model
+    python pipelines/build_shards.py --verify --out data/demo_store
+
+Cluster array job (N jobs; see README): every job runs
+    --stage ingest --job-index $SLURM_ARRAY_TASK_ID --num-jobs N
+then every job runs --stage shards (same flags), then one job runs --stage finalize.
+Exit status: 0 on success, 1 if any session failed or verification found problems,
+2 for bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from polar_data.build import (
+    BuildError,
+    check_settings,
+    demo_sources,
+    finalize,
+    ingest,
+    resolve_sources,
+    resolve_window_len,
+    settings,
+    write_shards,
+)
+from polar_data.config import ConfigError
+from polar_data.data_config import load_data_config
+from polar_data.manifest import verify
+from polar_data.schema import SPLITS
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("sessions", nargs="*", help=".dset / .nwb paths or globs (default: the "
+                   "config's sessions, or the demo sessions)")
+    p.add_argument("--config", type=Path, help="data config YAML (configs/data/*.yaml)")
+    p.add_argument("--out", type=Path, help="output folder (overrides store.out_dir)")
+    p.add_argument("--model-config", type=Path,
+                   help="model YAML: derive window_len from it and refuse a too-short one")
+    p.add_argument("--workers", type=int, default=1, help="processes (sessions / shards)")
+    p.add_argument("--stage", choices=["all", "ingest", "shards", "finalize"], default="all")
+    p.add_argument("--job-index", type=int, default=0, help="this job's index (array jobs)")
+    p.add_argument("--num-jobs", type=int, default=1, help="number of jobs (array jobs)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow .dset files (Python pickles: only for files you trust)")
+    p.add_argument("--verify", action="store_true",
+                   help="only re-read the finished build and check it against its manifest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    if not 0 <= a.job_index < a.num_jobs:
+        p.error(f"--job-index {a.job_index} must be in 0..{a.num_jobs - 1}")
+    return a
+
+
+def summary_table(results, elapsed: float) -> str:
+    head = (f"{'session':<16}{'units':>6}{'frames':>9}" + "".join(f"{s:>9}" for s in SPLITS)
+            + f"{'MB out':>9}{'MB/s':>8}  status")
+    lines = [head, "-" * len(head)]
+    tot_frames = tot_bytes = tot_in = 0
+    for r in results:
+        status = "FAILED" if r.error else ("skipped (done)" if r.skipped else "ok")
+        wins = "".join(f"{r.n_windows.get(s, 0):>9}" for s in SPLITS)
+        rate = r.frame_bytes / 1e6 / r.seconds if r.seconds and not r.skipped else 0.0
+        lines.append(f"{(r.name or Path(r.source).name)[:15]:<16}{r.n_units:>6}{r.n_bins:>9}"
+                     f"{wins}{r.bytes_written / 1e6:>9.1f}{rate:>8.1f}  {status}")
+        tot_frames += r.n_bins
+        tot_bytes += r.bytes_written
+        tot_in += 0 if r.skipped else r.frame_bytes
+    wins = "".join(f"{sum(r.n_windows.get(s, 0) for r in results):>9}" for s in SPLITS)
+    lines.append("-" * len(head))
+    lines.append(f"{'total':<16}{sum(r.n_units for r in results):>6}{tot_frames:>9}{wins}"
+                 f"{tot_bytes / 1e6:>9.1f}{tot_in / 1e6 / max(elapsed, 1e-9):>8.1f}")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        lines.append(f"FAILED {r.source}: {r.error}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    progress = not a.no_progress
+    try:
+        cfg = load_data_config(a.config)
+        if a.out is not None:
+            cfg.store.out_dir = a.out
+        if a.trust_pickle:
+            cfg.store.trust_pickle = True
+        out = Path(cfg.store.out_dir)
+        if a.verify:
+            problems = verify(out, progress=progress)
+            for p in problems:
+                print(f"VERIFY FAILED: {p}", file=sys.stderr)
+            print(f"verify {out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+            return 1 if problems else 0
+        window_len = resolve_window_len(cfg, a.model_config)
+        patterns = a.sessions or cfg.sessions
+        if patterns:
+            sources = resolve_sources(patterns)
+        else:
+            sources = demo_sources(cfg, out, a.job_index, a.num_jobs, a.workers, progress)
+        check_settings(out, settings(cfg, window_len, sources))
+        t0 = time.perf_counter()
+        if a.stage in ("all", "ingest"):
+            results = ingest(sources, cfg, window_len, out, a.job_index, a.num_jobs,
+                             a.workers, progress)
+            print(summary_table(results, time.perf_counter() - t0))
+            if any(r.error for r in results):
+                print("some sessions failed (named above); the others are complete. Fix the "
+                      "inputs and re-run the same command.", file=sys.stderr)
+                return 1
+        if a.stage in ("all", "shards"):
+            entries = write_shards(out, sources, cfg, window_len, a.job_index, a.num_jobs,
+                                   a.workers, progress)
+            print(f"wrote {len(entries)} shard(s) to {out / 'wds'}")
+        if a.stage in ("all", "finalize"):
+            manifest = finalize(out, sources, cfg, window_len)
+            n = manifest["n_samples"]
+            print(f"manifest {out / 'manifest.json'}: window_len {window_len}, "
+                  f"{len(manifest['shards'])} shards, clips " +
+                  ", ".join(f"{s} {n[s]}" for s in SPLITS))
+        return 0
+    except (BuildError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The data configuration (``configs/data/*.yaml``): which sessions, how to store them, how to
+load them. Plain YAML mapped onto these dataclasses; unknown keys are errors naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import load_config
+from .demo.generate import DemoConfig
+from .schema import SPLITS
+
+DEFAULT_WINDOW_LEN = 16
+
+
+@dataclass
+class StoreConfig:
+    """How ``build_shards.py`` turns sessions into stores (rates in Hz, sizes in bins / MB)."""
+
+    out_dir: Path = Path("data/demo_store")
+    window_len: int | None = None  # None: derived from --model-config, else 16
+    clip_len: int = 64             # target bins per WebDataset clip
+    target_rate_hz: float | None = 120.0  # resample within trials (None: keep source rate)
+    splits: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    split_seed: int = 0
+    chunk_bins: int = 256          # Zarr chunk length along time
+    zstd_level: int = 3
+    shard_target_mb: float = 64.0  # uncompressed stimulus bytes per WebDataset shard
+    shard_seed: int = 0            # order in which clips of all sessions are interleaved
+    trust_pickle: bool = False     # .dset files are pickles: load only if you trust them
+
+    def __post_init__(self):
+        if self.window_len is not None and self.window_len < 1:
+            raise ValueError("window_len must be >= 1")
+        if self.clip_len < 1:
+            raise ValueError("clip_len must be >= 1")
+        unknown = sorted(set(self.splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"splits.{unknown[0]}: unknown split (use {list(SPLITS)})")
+        if any(v < 0 for v in self.splits.values()) or abs(sum(self.splits.values()) - 1) > 1e-6:
+            raise ValueError(f"splits must be non-negative and sum to 1, got {self.splits}")
+        if self.chunk_bins < 1 or self.shard_target_mb <= 0:
+            raise ValueError("chunk_bins and shard_target_mb must be positive")
+
+
+@dataclass
+class DataConfig:
+    """Top level of ``configs/data/*.yaml``.
+
+    ``sessions``: paths or globs of ``.dset`` / ``.nwb`` files; empty means "generate the
+    demo sessions described by ``demo``".
+    """
+
+    sessions: list[str] = field(default_factory=list)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+def load_data_config(path: str | Path | None) -> DataConfig:
+    """Read a data config (None: all defaults, i.e. the demo)."""
+    return DataConfig() if path is None else load_config(path, DataConfig)

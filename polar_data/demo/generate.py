@@ -1,0 +1,220 @@
+"""Realistic free-viewing demo sessions with known ground truth, written as ``.dset`` and NWB.
+
+One session = trials of a few seconds, each showing one of scikit-image's bundled natural
+photographs (grayscale) full-screen; simulated marmoset gaze (:mod:`.gaze`) moves a
+gaze-contingent window over it (:mod:`polar_data.render`); a ground-truth V1 population
+(:mod:`.population`, Gabor simple / energy complex cells, not the Polar-V1 model) responds
+with Poisson spikes. Everything is deterministic per ``(seed, session index)``.
+
+On disk (``write_demo_sessions``)::
+
+    <out>/<name>/datasets/backimage.dset   the lab's format (+ backimage.yaml with cids,
+                                           qcmissing); robs also holds unselected clusters
+    <out>/<name>.nwb                       NWB, "screen" layout (full images + presentation
+                                           times; the reader renders the crops) or "crops"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..readers.dset import mask_to_intervals, write_dset
+from ..readers.nwb import write_nwb
+from ..render import hold_last_valid, render_crops
+from ..session import Provenance, Session
+from .gaze import GazeParams, simulate_gaze
+from .population import PopulationParams, V1Population, sample_spikes
+
+IMAGE_NAMES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon",
+               "grass", "gravel", "brick")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Demo-session generator settings (YAML: the ``demo:`` block of a data config).
+
+    Times in seconds, rates in Hz, geometry in pixels and degrees.
+    """
+
+    n_sessions: int = 2
+    duration_s: float = 60.0            # total in-trial time per session
+    rate_hz: float = 240.0              # source bin rate (the lab's 240 Hz)
+    trial_s: tuple[float, float] = (3.0, 6.0)
+    iti_s: float = 0.5                  # gap between trials (no bins)
+    crop_px: int = 51                   # crop side, pixels
+    crop_deg: float = 4.0               # crop side, degrees (-> ppd = crop_px / crop_deg)
+    screen_ppd: float = 25.0            # screen image pixels per degree
+    n_units: tuple[int, int] = (24, 40)  # selected units per session, drawn in this range
+    n_noise_clusters: int = 4           # extra .dset columns not listed in cids
+    nwb_layout: str = "screen"          # "screen" or "crops"
+    seed: int = 0
+    gaze: GazeParams = field(default_factory=GazeParams)
+
+    def __post_init__(self):
+        if self.n_sessions < 1:
+            raise ValueError("n_sessions must be >= 1")
+        if self.duration_s <= 0 or self.rate_hz <= 0:
+            raise ValueError("duration_s and rate_hz must be positive")
+        if self.nwb_layout not in ("screen", "crops"):
+            raise ValueError(f"nwb_layout must be 'screen' or 'crops', got {self.nwb_layout!r}")
+        if not (1 <= self.n_units[0] <= self.n_units[1]):
+            raise ValueError(f"n_units must be a range lo <= hi, got {self.n_units}")
+
+    @property
+    def crop_ppd(self) -> float:
+        return self.crop_px / self.crop_deg
+
+
+def natural_images() -> list[np.ndarray]:
+    """scikit-image's bundled photographs as uint8 grayscale [H, W] (no downloads)."""
+    import skimage.data
+    from skimage.color import rgb2gray
+
+    out = []
+    for name in IMAGE_NAMES:
+        im = getattr(skimage.data, name)()
+        if im.ndim == 3:
+            im = (rgb2gray(im[..., :3]) * 255).round().astype(np.uint8)
+        out.append(np.ascontiguousarray(im, dtype=np.uint8))
+    return out
+
+
+@dataclass
+class DemoSession:
+    """A generated session plus what the file writers need beyond it."""
+
+    session: Session
+    spike_times: list[np.ndarray]       # per selected unit, seconds
+    onsets: np.ndarray                  # [n_trials] image onset times, s
+    image_index: np.ndarray             # [n_trials] index into natural_images()
+    noise_robs: np.ndarray              # [T, n_noise_clusters] counts of unselected clusters
+    population: V1Population
+
+
+def generate_session(cfg: DemoConfig, index: int, images: list[np.ndarray] | None = None
+                     ) -> DemoSession:
+    """Simulate session ``index`` of ``cfg`` (deterministic per ``(cfg.seed, index)``)."""
+    images = natural_images() if images is None else images
+    rng = np.random.default_rng([cfg.seed, index])
+    rate, dt = cfg.rate_hz, 1.0 / cfg.rate_hz
+    half_crop = cfg.crop_deg / 2
+
+    gaze, valid, onset_bins, trial, t = [], [], [], [], []
+    onsets, image_index = [], []
+    clock, total, k = 0.0, 0, 0
+    while total < int(cfg.duration_s * rate):
+        n = int(rng.uniform(*cfg.trial_s) * rate)
+        n = min(n, int(cfg.duration_s * rate) - total) if total else n
+        img = int(rng.integers(len(images)))
+        h, w = images[img].shape
+        bx = max(w / cfg.screen_ppd / 2 - half_crop, 0.5)
+        by = max(h / cfg.screen_ppd / 2 - half_crop, 0.5)
+        params = _with_bounds(cfg.gaze, (bx, by))
+        start = (rng.uniform(-bx, bx) * 0.5, rng.uniform(-by, by) * 0.5)
+        tr = simulate_gaze(n, rate, rng, params, start_deg=start)
+        gaze.append(tr.eyepos)
+        valid.append(tr.valid)
+        onset_bins.append(tr.saccade_onset)
+        trial.append(np.full(n, k, dtype=np.int64))
+        t.append(clock + np.arange(n) * dt)
+        onsets.append(clock)
+        image_index.append(img)
+        clock += n * dt + cfg.iti_s
+        total += n
+        k += 1
+    eyepos = np.concatenate(gaze).astype(np.float32)
+    eye_valid = np.concatenate(valid)
+    trial_ids = np.concatenate(trial)
+    times = np.concatenate(t)
+    held = hold_last_valid(eyepos, eye_valid)
+    stim = np.empty((len(times), cfg.crop_px, cfg.crop_px), dtype=np.uint8)
+    for k, img in enumerate(image_index):
+        sel = np.flatnonzero(trial_ids == k)
+        stim[sel] = render_crops(images[img], held[sel], cfg.screen_ppd, cfg.crop_px,
+                                 cfg.crop_ppd)
+
+    n_units = int(rng.integers(cfg.n_units[0], cfg.n_units[1] + 1))
+    pop = V1Population(PopulationParams(n_units=n_units), cfg.crop_px, cfg.crop_ppd, rate, rng)
+    expected = pop.expected_counts(stim, trial_ids, np.concatenate(onset_bins), eye_valid)
+    robs = sample_spikes(expected, rng).astype(np.int32)
+    unit_valid = pop.unit_valid(len(times), rng)
+    noise = rng.poisson(0.02, size=(len(times), cfg.n_noise_clusters)).astype(np.int32)
+    # selected units sit at scattered columns of the full cluster table (cids)
+    n_all = n_units + cfg.n_noise_clusters
+    cids = np.sort(rng.choice(n_all, size=n_units, replace=False)).astype(np.int64)
+    spike_times = []
+    for j in range(n_units):
+        c = robs[:, j]
+        st = np.repeat(times, c) + rng.uniform(0.05, 0.95, size=int(c.sum())) * dt
+        spike_times.append(np.sort(st))
+    session = Session(
+        name=f"demo{index:02d}",
+        rate_hz=rate,
+        ppd=cfg.crop_ppd,
+        stim=stim,
+        eyepos=np.where(eye_valid[:, None], eyepos, np.nan).astype(np.float32),
+        eye_valid=eye_valid,
+        trial=trial_ids,
+        t=times,
+        robs=robs,
+        unit_ids=cids,
+        stim_type="backimage",
+        unit_valid=unit_valid,
+        true_rate=expected.astype(np.float32),
+        provenance=Provenance(source=f"demo:seed={cfg.seed},index={index}", sha256="",
+                              reader="demo"),
+    )
+    return DemoSession(session.validate(), spike_times, np.asarray(onsets),
+                       np.asarray(image_index), noise, pop)
+
+
+def _with_bounds(params: GazeParams, bounds: tuple[float, float]) -> GazeParams:
+    from dataclasses import replace
+
+    return replace(params, bounds_deg=(float(bounds[0]), float(bounds[1])))
+
+
+def write_demo_session(demo: DemoSession, out_dir: str | Path, cfg: DemoConfig,
+                       images: list[np.ndarray]) -> tuple[Path, Path]:
+    """Write one generated session as ``.dset`` (+ YAML) and NWB; returns both paths."""
+    out_dir = Path(out_dir)
+    s = demo.session
+    # the .dset holds every cluster; cids in the YAML pick the selected ones
+    n_all = s.n_units + demo.noise_robs.shape[1]
+    full = np.zeros((s.n_bins, n_all), dtype=np.int32)
+    truth = np.zeros((s.n_bins, n_all), dtype=np.float32)
+    noise_cols = np.setdiff1d(np.arange(n_all), s.unit_ids)
+    full[:, s.unit_ids] = s.robs
+    full[:, noise_cols] = demo.noise_robs
+    truth[:, s.unit_ids] = s.true_rate
+    truth[:, noise_cols] = 0.02
+    from dataclasses import replace
+
+    wide = replace(s, robs=full, unit_ids=np.arange(n_all), true_rate=truth, unit_valid=None)
+    dt = 1.0 / s.rate_hz
+    qcmissing = {int(cid): mask_to_intervals(s.t, dt, ~s.unit_valid[:, j])
+                 for j, cid in enumerate(s.unit_ids) if not s.unit_valid[:, j].all()}
+    dset = write_dset(wide, out_dir / s.name / "datasets" / f"{s.stim_type}.dset",
+                      screen_ppd=cfg.screen_ppd, qcmissing=qcmissing,
+                      cids=[int(c) for c in s.unit_ids])
+    nwb = write_nwb(
+        s, out_dir / f"{s.name}.nwb", demo.spike_times, layout=cfg.nwb_layout,
+        screen_images=[images[i] for i in range(len(images))],
+        presentation=(demo.onsets, demo.image_index), screen_ppd=cfg.screen_ppd,
+    )
+    return dset, nwb
+
+
+def write_demo_sessions(out_dir: str | Path, cfg: DemoConfig = DemoConfig(),
+                        progress: bool = True) -> list[tuple[Path, Path]]:
+    """Generate ``cfg.n_sessions`` sessions and write each as ``.dset`` and NWB."""
+    images = natural_images()
+    paths = []
+    for i in tqdm(range(cfg.n_sessions), desc="demo sessions", disable=not progress):
+        demo = generate_session(cfg, i, images)
+        paths.append(write_demo_session(demo, out_dir, cfg, images))
+    return paths

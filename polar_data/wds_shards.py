@@ -1,0 +1,167 @@
+"""WebDataset tar shards of clips, for streaming on clusters.
+
+Each sample is one clip (see :mod:`polar_data.clips`): ``clip_len`` target bins plus the
+``window_len - 1`` bins of history before them, ``S = window_len - 1 + clip_len`` bins in
+all, oldest first. Members of a sample (key ``<session index>_<first target bin>``):
+
+    meta.json     session, split, start (first target bin), own_from, window_len, clip_len,
+                  frame shape, dtypes
+    stim.zst      zstd-compressed uint8 [S, H, W] frames
+    eyepos.npy    float32 [S, 2] degrees, x right / y up
+    t.npy         float64 [S] seconds
+    robs.npy      int32 [clip_len, N] counts at the targets
+    dfs.npy       bool [clip_len, N] unit mask at the targets (False for targets not owned)
+    true_rate.npy float32 [clip_len, N] (demo stores only)
+
+Shards are named ``<split>-<k:05d>.tar``; clips of every session are shuffled together (seed
+``store.shard_seed``) before they are cut into shards, so a shard mixes sessions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import webdataset as wds
+
+from .schema import SPLITS, StoreError
+
+_ZSTD_LEVEL = 3
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def clip_table(root, window_len: int) -> dict[str, np.ndarray]:
+    """Per split: int64 [C, 4] rows (session index, first target, own_from, clip_len) over all
+    sessions of the Zarr ``root`` group, sessions in name order."""
+    names = sorted(root.group_keys())
+    table = {}
+    for split in SPLITS:
+        rows = []
+        for i, name in enumerate(names):
+            g = root[name]
+            clips = g[f"clips/{split}"][...]
+            L = int(g.attrs["clip_len"])
+            if len(clips):
+                rows.append(np.column_stack([np.full(len(clips), i), clips,
+                                             np.full(len(clips), L)]))
+        table[split] = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
+    return table
+
+
+def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
+                target_mb: float, seed: int) -> list[tuple[str, np.ndarray]]:
+    """Shuffle each split's clips (all sessions together) and cut them into shards of about
+    ``target_mb`` MB of raw frames. Returns ``[(shard name, rows [c, 4]), ...]``."""
+    plan = []
+    for code, split in enumerate(SPLITS):
+        rows = table[split]
+        if not len(rows):
+            continue
+        rng = np.random.default_rng([seed, code])
+        rows = rows[rng.permutation(len(rows))]
+        clip_bytes = frame_bytes * (window_len - 1 + int(rows[0, 3]))
+        per_shard = max(1, int(target_mb * 1e6 // clip_bytes))
+        for k, s in enumerate(range(0, len(rows), per_shard)):
+            plan.append((f"{split}-{k:05d}.tar", rows[s : s + per_shard]))
+    return plan
+
+
+def encode_clip(g, session_index: int, split: str, start: int, own_from: int, clip_len: int,
+                window_len: int) -> dict:
+    """Read one clip from session group ``g`` and encode it as a WebDataset sample dict."""
+    h = window_len - 1
+    a, b = start - h, start + clip_len
+    stim = g["stim"][a:b]
+    robs = g["robs"][start:b]
+    dfs = g["dfs"][start:b].copy()
+    dfs[:own_from] = False  # targets owned by the previous clip
+    meta = {
+        "session": g.attrs["name"], "session_index": int(session_index), "split": split,
+        "start": int(start), "own_from": int(own_from), "window_len": int(window_len),
+        "clip_len": int(clip_len), "frame_hw": list(stim.shape[1:]),
+    }
+    sample = {
+        "__key__": f"{session_index:04d}_{start:09d}",
+        "meta.json": json.dumps(meta, sort_keys=True).encode(),
+        "stim.zst": numcodecs.Zstd(level=_ZSTD_LEVEL).encode(np.ascontiguousarray(stim)),
+        "eyepos.npy": _npy(g["eyepos"][a:b]),
+        "t.npy": _npy(g["t"][a:b]),
+        "robs.npy": _npy(robs),
+        "dfs.npy": _npy(dfs),
+    }
+    if g.attrs.get("has_true_rate"):
+        sample["true_rate.npy"] = _npy(g["true_rate"][start:b])
+    return sample
+
+
+def decode_clip(sample: dict) -> dict:
+    """Inverse of :func:`encode_clip` on the raw bytes WebDataset yields (keys without dot)."""
+    def get(k):
+        v = sample.get(k, sample.get("." + k))
+        if v is None:
+            raise StoreError(f"sample {sample.get('__key__')!r} from "
+                             f"{sample.get('__url__', '?')} lacks member {k!r}")
+        return v
+
+    meta = json.loads(get("meta.json"))
+    S = meta["window_len"] - 1 + meta["clip_len"]
+    H, W = meta["frame_hw"]
+    raw = numcodecs.Zstd().decode(get("stim.zst"))
+    out = {
+        "meta": meta,
+        "stim": np.frombuffer(raw, dtype=np.uint8).reshape(S, H, W),
+        "eyepos": _from_npy(get("eyepos.npy")),
+        "t": _from_npy(get("t.npy")),
+        "robs": _from_npy(get("robs.npy")),
+        "dfs": _from_npy(get("dfs.npy")),
+    }
+    if "true_rate.npy" in sample:
+        out["true_rate"] = _from_npy(sample["true_rate.npy"])
+    return out
+
+
+def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
+                window_len: int) -> dict:
+    """Write one shard (under a temporary name, renamed when complete). Returns its entry
+    for the manifest: name, samples, owned targets, per-session sample counts."""
+    part = shard_path.with_name(shard_path.name + ".partial")
+    split = shard_path.name.split("-")[0]
+    owned = 0
+    per_session: dict[str, int] = {}
+    with open(part, "wb") as f:
+        # fixed mtime/user so a rebuilt shard is byte-identical
+        with wds.TarWriter(f, encoder=False, mtime=0.0, user="polar", group="polar") as tw:
+            for sess, start, own_from, clip_len in rows:
+                g = root[names[sess]]
+                tw.write(encode_clip(g, int(sess), split, int(start), int(own_from),
+                                     int(clip_len), window_len))
+                owned += int(clip_len - own_from)
+                per_session[names[sess]] = per_session.get(names[sess], 0) + 1
+    part.replace(shard_path)
+    return {"name": shard_path.name, "split": split, "n_samples": int(len(rows)),
+            "n_targets": owned, "sessions": dict(sorted(per_session.items()))}
+
+
+def count_tar_samples(path: Path) -> int:
+    """Number of distinct sample keys in a tar shard (raises StoreError if unreadable)."""
+    keys = set()
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                keys.add(m.name.split(".", 1)[0])
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise StoreError(f"{path}: unreadable tar shard ({e})") from e
+    return len(keys)

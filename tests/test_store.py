@@ -1,0 +1,204 @@
+"""End-to-end store builds on small hand-made NWB sessions."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+from helpers import load_pipeline, spike_times_from_counts, tiny_session
+
+from polar_data.readers import read_session, write_nwb
+from polar_data.schema import SPLITS
+from polar_data.wds_shards import decode_clip
+from polar_data.zarr_store import open_store
+
+build_shards = load_pipeline("build_shards")
+
+STORE = {"window_len": 6, "clip_len": 10, "target_rate_hz": 120.0, "chunk_bins": 32,
+         "shard_target_mb": 0.01, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sessions")
+    paths = []
+    for k in range(3):
+        s = tiny_session(n_trials=8, bins_per_trial=80, n_units=3 + k, seed=k, name=f"s{k}")
+        paths.append(write_nwb(s, d / f"s{k}.nwb", spike_times_from_counts(s), layout="crops"))
+    return paths
+
+
+def _config(tmp_path, out, **store):
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(yaml.safe_dump({"store": {**STORE, "out_dir": str(out), **store}}))
+    return cfg
+
+
+def _build(tmp_path, sources, out, *extra, **store):
+    cfg = _config(tmp_path, out, **store)
+    return build_shards.main(["--config", str(cfg), "--no-progress", *map(str, sources), *extra])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sources):
+    tmp = tmp_path_factory.mktemp("build")
+    out = tmp / "store"
+    assert _build(tmp, sources, out) == 0
+    return out
+
+
+def test_zarr_equals_sessions_frame_for_frame(built, sources):
+    root = open_store(built / "zarr")
+    assert root.attrs["window_len"] == 6 and root.attrs["conventions"]["gaze_axes"]
+    for src in sources:
+        s = read_session(src, target_rate_hz=120)
+        g = root[s.name]
+        np.testing.assert_array_equal(g["stim"][...], s.stim)
+        np.testing.assert_array_equal(g["eyepos"][...], s.eyepos)
+        np.testing.assert_array_equal(g["robs"][...], s.robs)
+        np.testing.assert_array_equal(g["t"][...], s.t)
+        assert g.attrs["unit_ids"] == s.unit_ids.tolist()
+        assert g.attrs["source"]["sha256"] == s.provenance.sha256
+        assert g["stim"].dtype == np.uint8 and g["eyepos"].dtype == np.float32
+
+
+def test_windows_never_cross_trials_or_splits(built):
+    root = open_store(built / "zarr")
+    for name in root.attrs["sessions"]:
+        g = root[name]
+        trial, split, valid = g["trial"][...], g["split"][...], g["eye_valid"][...]
+        per_split_trials = []
+        for code, sp in enumerate(SPLITS):
+            ends = g[f"windows/{sp}"][...]
+            assert len(ends) > 0
+            for e in ends:
+                w = slice(e - 5, e + 1)
+                assert e >= 5 and (trial[w] == trial[e]).all() and valid[w].all()
+                assert (split[w] == code).all()
+            per_split_trials.append(set(trial[split == code].tolist()))
+        a, b, c = per_split_trials
+        assert not (a & b) and not (a & c) and not (b & c)
+
+
+def _samples(built):
+    shards = sorted((built / "wds").glob("*.tar"))
+    return shards, [(p, s) for p in shards
+                    for s in wds.WebDataset(str(p), shardshuffle=False, empty_check=False)]
+
+
+def test_shards_equal_zarr_and_mix_sessions(built):
+    root = open_store(built / "zarr")
+    manifest = json.loads((built / "manifest.json").read_text())
+    shards, samples = _samples(built)
+    assert len(shards) == len(manifest["shards"]) > 3
+    assert any(len(e["sessions"]) > 1 for e in manifest["shards"])
+    owned = {}
+    for path, raw in samples:
+        c = decode_clip(raw)
+        m = c["meta"]
+        assert path.name.startswith(m["split"])
+        g = root[m["session"]]
+        a, b = m["start"] - 5, m["start"] + 10
+        np.testing.assert_array_equal(c["stim"], g["stim"][a:b])
+        np.testing.assert_array_equal(c["eyepos"], g["eyepos"][a:b])
+        np.testing.assert_array_equal(c["robs"], g["robs"][m["start"]:b])
+        assert np.isfinite(c["eyepos"]).all()  # clips never hold a dropout
+        assert (np.diff(c["t"]) > 0).all()     # oldest first
+        for k in range(m["own_from"], 10):
+            key = (m["session"], m["start"] + k)
+            assert key not in owned
+            owned[key] = m["split"]
+    # every clip target is owned once; owned targets are valid windows of that split
+    for name in root.attrs["sessions"]:
+        for sp in SPLITS:
+            ends = set(root[name][f"windows/{sp}"][...].tolist())
+            mine = {t for (n, t), s in owned.items() if n == name and s == sp}
+            assert mine <= ends
+
+
+def test_verify_ok_then_catches_flipped_byte_and_truncated_chunk(tmp_path, sources):
+    out = tmp_path / "store"
+    assert _build(tmp_path, sources, out) == 0
+    assert build_shards.main(["--verify", "--out", str(out), "--no-progress"]) == 0
+    shard = sorted((out / "wds").glob("*.tar"))[1]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = __import__("polar_data.manifest", fromlist=["verify"]).verify(out)
+    assert any(shard.name in p and "sha256" in p for p in problems), problems
+    chunk = next((out / "zarr" / "s1" / "stim" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:-10])
+    problems = __import__("polar_data.manifest", fromlist=["verify"]).verify(out)
+    assert any("stim/c" in p and "truncated" in p for p in problems), problems
+    assert build_shards.main(["--verify", "--out", str(out), "--no-progress"]) == 1
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_after_crash_is_byte_identical(tmp_path, sources, built, monkeypatch):
+    import polar_data.wds_shards as ws
+
+    out = tmp_path / "store"
+    real = ws.write_shard
+    calls = {"n": 0}
+
+    def crashing(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            # leave a half-written partial shard behind, like a killed process would
+            args[2].with_name(args[2].name + ".partial").write_bytes(b"garbage")
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ws, "write_shard", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, sources, out)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(ws, "write_shard", real)
+    # also lose one session's group mid-write: a stale partial dir
+    (out / ".partial" / "s2").mkdir(parents=True)
+    assert _build(tmp_path, sources, out) == 0
+    a, b = _tree(out), _tree(built)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_bad_session_is_named_and_others_complete(tmp_path, sources, capsys):
+    bad = tmp_path / "broken.nwb"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    out = tmp_path / "store"
+    assert _build(tmp_path, [*sources, bad], out) == 1
+    err = capsys.readouterr()
+    assert "broken.nwb" in err.out and "FAILED" in err.out
+    assert {p.name for p in (out / "zarr").iterdir() if p.is_dir()} == {
+        "s0", "s1", "s2"}
+
+
+def test_unknown_config_key_and_changed_settings_are_refused(tmp_path, sources, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("store:\n  window_length: 8\n")
+    assert build_shards.main(["--config", str(cfg), "--no-progress", str(sources[0])]) == 2
+    assert "store.window_length: unknown key" in capsys.readouterr().err
+    out = tmp_path / "store"
+    assert _build(tmp_path, sources[:1], out, "--stage", "ingest") == 0
+    assert _build(tmp_path, sources[:1], out, "--stage", "ingest", clip_len=12) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_session_without_valid_windows_is_refused(tmp_path, sources, capsys):
+    out = tmp_path / "store"
+    assert _build(tmp_path, sources[:1], out, window_len=500) == 1
+    assert "no valid window of 500 bins" in capsys.readouterr().out
+
+
+def test_tar_members_are_deterministic(built):
+    shard = sorted((built / "wds").glob("*.tar"))[0]
+    with tarfile.open(shard) as tf:
+        assert {m.mtime for m in tf} == {0}
