@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Benchmark the store build against a plain copy and a naive one-sample-per-window layout.
+
+On demo sessions totalling at least ``--gb`` GB of stored frames (default 1.0, real-sized
+151 x 151 crops at 120 Hz), all measured in this run:
+
+* ingestion throughput (MB of frames per second, NWB crops -> Zarr + shards) as a ratio to
+  a plain copy of the same frame bytes (a raw file copied with shutil);
+* bytes on disk of the Zarr store and of the WebDataset shards, each as a ratio to one
+  zstd-compressed copy of the frames (same level): target <= 1.15;
+* the same for the old pipeline's layout, every window materialised as its own compressed
+  sample; it is measured on ``--naive-windows`` windows and extrapolated to all windows
+  (that layout would not fit on this disk otherwise).
+
+    python pipelines/bench_build.py               # ~1 GB of frames, a few minutes
+    python pipelines/bench_build.py --gb 0.1      # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import yaml
+
+from polar_data.demo.generate import DemoConfig, generate_session, natural_images
+from polar_data.readers import write_nwb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from build_shards import main as build_main  # noqa: E402  (a sibling script)
+
+
+def make_sessions(folder: Path, gb: float, crop_px: int, rate: float, n_sessions: int,
+                  seed: int) -> tuple[list[Path], int]:
+    frame = crop_px * crop_px
+    duration = gb * 1e9 / frame / rate / n_sessions * 1.02
+    cfg = DemoConfig(n_sessions=n_sessions, duration_s=duration, rate_hz=rate, crop_px=crop_px,
+                     crop_deg=crop_px / 37.505, screen_ppd=37.505, seed=seed)
+    images = natural_images()
+    paths, frames = [], 0
+    for i in range(n_sessions):
+        d = generate_session(cfg, i, images)
+        paths.append(write_nwb(d.session, folder / f"bench{i:02d}.nwb", d.spike_times,
+                               layout="crops"))
+        frames += d.session.n_bins
+        del d
+    return paths, frames
+
+
+def plain_copy_seconds(folder: Path, nbytes: int) -> float:
+    src, dst = folder / "frames.raw", folder / "frames.copy"
+    block = np.random.default_rng(0).integers(0, 256, size=64 << 20, dtype=np.uint8)
+    with open(src, "wb") as f:
+        left = nbytes
+        while left > 0:
+            f.write(block[: min(left, block.size)].tobytes())
+            left -= block.size
+    t0 = time.perf_counter()
+    shutil.copyfile(src, dst)
+    dt = time.perf_counter() - t0
+    src.unlink()
+    dst.unlink()
+    return dt
+
+
+def compressed_once_bytes(zarr_dir: Path, level: int) -> int:
+    import zarr
+
+    root = zarr.open_group(store=str(zarr_dir), mode="r")
+    codec = numcodecs.Zstd(level=level)
+    total = 0
+    for name in root.attrs["sessions"]:
+        stim = root[name]["stim"]
+        for i in range(0, stim.shape[0], 256):
+            total += len(codec.encode(np.ascontiguousarray(stim[i : i + 256])))
+    return total
+
+
+def naive_layout(zarr_dir: Path, window_len: int, n_windows: int, level: int
+                 ) -> tuple[float, float, int]:
+    """Bytes per window and seconds per window of materialising windows one by one."""
+    import zarr
+
+    root = zarr.open_group(store=str(zarr_dir), mode="r")
+    codec = numcodecs.Zstd(level=level)
+    name = root.attrs["sessions"][0]
+    g = root[name]
+    stim = g["stim"][...]
+    ends = g["windows/train"][...][:n_windows]
+    t0 = time.perf_counter()
+    total = 0
+    for e in ends:
+        total += len(codec.encode(np.ascontiguousarray(stim[e - window_len + 1 : e + 1])))
+    dt = time.perf_counter() - t0
+    all_windows = sum(sum(root[n].attrs["n_windows"].values()) for n in root.attrs["sessions"])
+    return total / len(ends), dt / len(ends), all_windows
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gb", type=float, default=1.0, help="GB of stored frames (>= 1 for the "
+                   "reported figures)")
+    p.add_argument("--crop-px", type=int, default=151)
+    p.add_argument("--rate", type=float, default=120.0)
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--naive-windows", type=int, default=3000)
+    p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
+    a = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_build_", dir=a.workdir))
+    try:
+        print(f"generating demo sessions ({a.gb:g} GB of {a.crop_px}x{a.crop_px} frames)...")
+        src, frames = make_sessions(work / "src", a.gb, a.crop_px, a.rate, a.sessions, 0)
+        frame_bytes = frames * a.crop_px**2
+        store = {"out_dir": str(work / "store"), "target_rate_hz": None, "clip_len": 128}
+        cfg = work / "bench.yaml"
+        cfg.write_text(yaml.safe_dump({"store": store}))
+
+        t_copy = plain_copy_seconds(work, frame_bytes)
+        t0 = time.perf_counter()
+        rc = build_main(["--config", str(cfg), "--workers", str(a.workers), "--no-progress",
+                         *map(str, src)])
+        t_build = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"build failed with status {rc}")
+        manifest = json.loads((work / "store" / "manifest.json").read_text())
+        window_len = manifest["window_len"]
+        zarr_bytes = folder_bytes(work / "store" / "zarr")
+        zarr_stim = folder_bytes(work / "store" / "zarr") - sum(
+            folder_bytes(d) for d in (work / "store" / "zarr").glob("*/*")
+            if d.is_dir() and d.name != "stim")
+        wds_bytes = folder_bytes(work / "store" / "wds")
+        once = compressed_once_bytes(work / "store" / "zarr", 3)
+        per_win, sec_win, n_win = naive_layout(work / "store" / "zarr", window_len,
+                                               a.naive_windows, 3)
+        naive_bytes = per_win * n_win
+        mb = frame_bytes / 1e6
+        rows = [
+            ("plain copy of frame bytes (baseline)", mb / t_copy, 1.0, None, None),
+            ("ours: NWB -> Zarr + shards (all stages)", mb / t_build, t_copy / t_build,
+             zarr_bytes, zarr_bytes / once),
+            ("  Zarr store, stim arrays only", None, None, zarr_stim, zarr_stim / once),
+            ("  WebDataset shards", None, None, wds_bytes, wds_bytes / once),
+            ("naive one-sample-per-window (extrapolated)", mb / (sec_win * n_win),
+             t_copy / (sec_win * n_win), naive_bytes, naive_bytes / once),
+        ]
+        print(f"\nframes: {frames} x {a.crop_px}x{a.crop_px} = {mb:.0f} MB; window_len "
+              f"{window_len}; {n_win} valid windows; one compressed copy = {once / 1e6:.1f} MB")
+        print(f"{'layout':<44}{'MB/s':>9}{'x copy':>9}{'MB on disk':>12}{'x once':>9}")
+        for name, rate, ratio, size, sratio in rows:
+            def f(v, fmt):
+                return format(v, fmt) if v is not None else "-"
+            print(f"{name:<44}{f(rate, '9.1f')}{f(ratio, '9.3f')}"
+                  f"{f(size and size / 1e6, '12.1f')}{f(sratio, '9.3f')}")
+        print(f"\nworkers={a.workers}; naive layout measured on {a.naive_windows} windows.")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
