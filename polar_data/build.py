@@ -317,7 +317,8 @@ def finalize(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: in
     for n in names:
         a = dict(root_r[n].attrs)
         sessions[n] = {k: a[k] for k in ("n_bins", "n_units", "rate_hz", "ppd", "frame_hw",
-                                         "n_windows", "n_clips", "source", "has_true_rate")}
+                                         "n_windows", "n_clips", "source", "has_true_rate",
+                                         "unit_ids", "mean_rate")}
         stats.append(a["pixel_stats"])
     count = sum(s["count"] for s in stats)
     mean = sum(s["mean"] * s["count"] for s in stats) / count

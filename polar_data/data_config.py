@@ -45,6 +45,34 @@ class StoreConfig:
 
 
 @dataclass
+class LoaderConfig:
+    """How the DataModule reads a store (see polar_data.batches for the batch layout)."""
+
+    store: str | None = None          # folder or URL (s3://...) of a built store; None: out_dir
+    kind: str = "wds"                 # "wds" (streaming shards) or "zarr" (random access)
+    mode: str = "clip"                # "clip" (dense, all targets) or "window" (last bin)
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    pin_memory: bool = False
+    seed: int = 0
+    clip_buffer: int = 32             # shuffle buffer, clips (wds)
+    window_buffer: int = 2048         # shuffle buffer, windows (wds, window mode)
+    blocks_per_batch: int = 4         # chunk blocks pooled per batch (zarr)
+    batches_per_epoch: int | None = None  # per rank; None: one pass over the split
+    skip_corrupt: bool = False        # skip (with a warning) shards failing their checksum
+    storage_options: dict[str, str] = field(default_factory=dict)  # fsspec options
+
+    def __post_init__(self):
+        if self.kind not in ("wds", "zarr"):
+            raise ValueError(f"kind: must be 'wds' or 'zarr', got {self.kind!r}")
+        if self.mode not in ("window", "clip"):
+            raise ValueError(f"mode: must be 'window' or 'clip', got {self.mode!r}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+
+
+@dataclass
 class DataConfig:
     """Top level of ``configs/data/*.yaml``.
 
@@ -55,6 +83,7 @@ class DataConfig:
     sessions: list[str] = field(default_factory=list)
     demo: DemoConfig = field(default_factory=DemoConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
 
 
 def load_data_config(path: str | Path | None) -> DataConfig:

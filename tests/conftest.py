@@ -1,4 +1,41 @@
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import load_pipeline, spike_times_from_counts, tiny_session  # noqa: E402
+
+TINY_STORE = {"window_len": 6, "clip_len": 10, "target_rate_hz": 120.0, "chunk_bins": 32,
+              "shard_target_mb": 0.01, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+
+@pytest.fixture(scope="session")
+def tiny_sources(tmp_path_factory):
+    """Three small NWB sessions (8 trials x 80 bins at 240 Hz, 9 x 9 crops)."""
+    from polar_data.readers import write_nwb
+
+    d = tmp_path_factory.mktemp("sessions")
+    paths = []
+    for k in range(3):
+        s = tiny_session(n_trials=8, bins_per_trial=80, n_units=3 + k, seed=k, name=f"s{k}")
+        paths.append(write_nwb(s, d / f"s{k}.nwb", spike_times_from_counts(s), layout="crops"))
+    return paths
+
+
+def build_tiny(tmp_path, sources, out, *extra, **store):
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(yaml.safe_dump({"store": {**TINY_STORE, "out_dir": str(out), **store}}))
+    main = load_pipeline("build_shards").main
+    return main(["--config", str(cfg), "--no-progress", *map(str, sources), *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_sources):
+    """A finished store built from ``tiny_sources`` (treat as read-only)."""
+    tmp = tmp_path_factory.mktemp("build")
+    out = tmp / "store"
+    assert build_tiny(tmp, tiny_sources, out) == 0
+    return out

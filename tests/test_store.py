@@ -6,47 +6,29 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
-import yaml
-from helpers import load_pipeline, spike_times_from_counts, tiny_session
+from conftest import build_tiny
+from helpers import load_pipeline
 
-from polar_data.readers import read_session, write_nwb
+from polar_data.readers import read_session
 from polar_data.schema import SPLITS
 from polar_data.wds_shards import decode_clip
 from polar_data.zarr_store import open_store
 
 build_shards = load_pipeline("build_shards")
 
-STORE = {"window_len": 6, "clip_len": 10, "target_rate_hz": 120.0, "chunk_bins": 32,
-         "shard_target_mb": 0.01, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+@pytest.fixture
+def sources(tiny_sources):
+    return tiny_sources
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sessions")
-    paths = []
-    for k in range(3):
-        s = tiny_session(n_trials=8, bins_per_trial=80, n_units=3 + k, seed=k, name=f"s{k}")
-        paths.append(write_nwb(s, d / f"s{k}.nwb", spike_times_from_counts(s), layout="crops"))
-    return paths
-
-
-def _config(tmp_path, out, **store):
-    cfg = tmp_path / "data.yaml"
-    cfg.write_text(yaml.safe_dump({"store": {**STORE, "out_dir": str(out), **store}}))
-    return cfg
+@pytest.fixture
+def built(tiny_store):
+    return tiny_store
 
 
 def _build(tmp_path, sources, out, *extra, **store):
-    cfg = _config(tmp_path, out, **store)
-    return build_shards.main(["--config", str(cfg), "--no-progress", *map(str, sources), *extra])
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, sources):
-    tmp = tmp_path_factory.mktemp("build")
-    out = tmp / "store"
-    assert _build(tmp, sources, out) == 0
-    return out
+    return build_tiny(tmp_path, sources, out, *extra, **store)
 
 
 def test_zarr_equals_sessions_frame_for_frame(built, sources):

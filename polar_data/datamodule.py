@@ -1,0 +1,65 @@
+"""Lightning DataModule over a built store (streaming WebDataset or random-access Zarr)."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .data_config import DataConfig
+from .store_info import StoreInfo
+from .wds_stream import ShardStream
+from .zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+
+
+class PolarDataModule(L.LightningDataModule):
+    """Train / val / test loaders from ``cfg.loader``; exposes the store's facts.
+
+    Attributes after construction: ``info`` (StoreInfo), ``window_len``, ``n_units`` (per
+    session), ``pixel_mean``/``pixel_std``, ``rate_hz``, ``frame_hw``, ``sessions``.
+    Workers are persistent (the streaming loader's epoch counter lives in them).
+    """
+
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.cfg = cfg
+        lc = cfg.loader
+        self.base = lc.store if lc.store is not None else str(cfg.store.out_dir)
+        self.info = StoreInfo.load(self.base, lc.storage_options)
+        self.window_len = self.info.window_len
+        self.n_units = self.info.n_units
+        self.pixel_mean, self.pixel_std = self.info.pixel_mean, self.info.pixel_std
+        self.rate_hz, self.frame_hw, self.sessions = (self.info.rate_hz, self.info.frame_hw,
+                                                      self.info.sessions)
+
+    def _start_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def loader(self, split: str, train: bool) -> DataLoader:
+        lc = self.cfg.loader
+        bs = lc.batch_size if train else (lc.eval_batch_size or lc.batch_size)
+        common = {"num_workers": lc.num_workers, "pin_memory": lc.pin_memory,
+                  "persistent_workers": lc.num_workers > 0}
+        if lc.kind == "wds":
+            ds = ShardStream(self.info, split, lc.mode, bs, seed=lc.seed,
+                             start_epoch=self._start_epoch(), shuffle=train,
+                             clip_buffer=lc.clip_buffer, window_buffer=lc.window_buffer,
+                             num_workers=lc.num_workers,
+                             batches_per_epoch=lc.batches_per_epoch if train else None,
+                             skip_corrupt=lc.skip_corrupt, single_pass=not train,
+                             storage_options=dict(lc.storage_options))
+            return DataLoader(ds, batch_size=None, **common)
+        ds = ZarrWindows(self.info, split, lc.mode)
+        sampler = LocalityBatchSampler(ds, bs, seed=lc.seed, shuffle=train,
+                                       blocks_per_batch=lc.blocks_per_batch, drop_last=train,
+                                       start_epoch=self._start_epoch())
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=identity, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", train=False)

@@ -1,0 +1,81 @@
+"""What a finished store says about itself, read from its ``manifest.json`` (local path or any
+fsspec URL), so a loader or a model can be set up without touching the data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import fsspec
+
+from .schema import SCHEMA_VERSION, SPLITS, StoreError, check_schema
+
+
+def join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Summary of a store: ``base`` (folder or URL holding manifest.json, zarr/, wds/)."""
+
+    base: str
+    window_len: int
+    clip_len: int
+    pixel_mean: float
+    pixel_std: float
+    sessions: tuple[str, ...]           # sorted; a batch's ``session`` indexes this
+    n_units: tuple[int, ...]
+    mean_rates: tuple[tuple[float, ...], ...]  # spikes per bin, per unit
+    rate_hz: float
+    frame_hw: tuple[int, int]
+    has_true_rate: bool
+    shards: tuple[dict, ...]            # manifest entries (name, split, n_samples, ...)
+    n_windows: dict                     # split -> valid windows over all sessions
+    n_targets: dict                     # split -> clip targets owned over all shards
+
+    @classmethod
+    def load(cls, base: str, storage_options: dict | None = None) -> StoreInfo:
+        url = join(str(base), "manifest.json")
+        try:
+            with fsspec.open(url, "rb", **(storage_options or {})) as f:
+                manifest = json.loads(f.read())
+        except FileNotFoundError as e:
+            raise StoreError(f"{url}: manifest missing; build the store with "
+                             "pipelines/build_shards.py (or finish it: --stage finalize)") from e
+        except ValueError as e:
+            raise StoreError(f"{url}: manifest is not valid JSON ({e})") from e
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{url}: schema version {manifest.get('schema_version')!r}, this "
+                             f"code reads {SCHEMA_VERSION}; rebuild the store")
+        check_schema(manifest, url)
+        names = tuple(sorted(manifest["sessions"]))
+        sess = [manifest["sessions"][n] for n in names]
+        rates = {s["rate_hz"] for s in sess}
+        hws = {tuple(s["frame_hw"]) for s in sess}
+        if len(rates) != 1 or len(hws) != 1:
+            raise StoreError(f"{url}: sessions differ in rate {rates} or frame size {hws}; "
+                             "build them into one store only at one rate and crop size")
+        shards = tuple(manifest["shards"])
+        return cls(
+            base=str(base),
+            window_len=int(manifest["window_len"]),
+            clip_len=int(manifest["clip_len"]),
+            pixel_mean=float(manifest["pixel_stats"]["mean"]),
+            pixel_std=float(manifest["pixel_stats"]["std"]),
+            sessions=names,
+            n_units=tuple(int(s["n_units"]) for s in sess),
+            mean_rates=tuple(tuple(float(r) for r in s["mean_rate"]) for s in sess),
+            rate_hz=float(rates.pop()),
+            frame_hw=hws.pop(),
+            has_true_rate=all(s["has_true_rate"] for s in sess),
+            shards=shards,
+            n_windows={sp: sum(s["n_windows"][sp] for s in sess) for sp in SPLITS},
+            n_targets={sp: sum(e["n_targets"] for e in shards if e["split"] == sp)
+                       for sp in SPLITS},
+        )
+
+    def shard_urls(self, split: str) -> list[tuple[str, dict]]:
+        """(URL, manifest entry) of every shard of ``split``, in manifest order."""
+        return [(join(join(self.base, "wds"), e["name"]), e) for e in self.shards
+                if e["split"] == split]

@@ -1,0 +1,215 @@
+"""Streaming batches from WebDataset shards (local paths or any fsspec URL, e.g. ``s3://``).
+
+Pipeline per DataLoader worker (webdataset's tar stages do the parsing)::
+
+    epoch shard order (seed, epoch) -> this rank's and worker's shards -> open + sha256 check
+    -> tar_file_expander -> group_by_keys -> decode clip -> clip shuffle buffer
+    -> [window mode: cut windows, window shuffle buffer] -> one-session batches
+
+Guarantees:
+* Every rank yields exactly ``len(self)`` batches per epoch (shards are cycled if a rank runs
+  short), so DDP never waits on a rank with fewer samples.
+* Ranks and workers read disjoint shards (when there are at least ranks x workers shards).
+* Epoch ``e`` uses seed ``(seed, e)``: epochs differ, and a run restarted at epoch ``e``
+  (``start_epoch``) gets the same fresh order an uninterrupted run would.
+* A shard whose bytes do not match the manifest's sha256, or that cannot be parsed, raises
+  StoreError naming it, unless ``skip_corrupt`` (then it is skipped with a warning).
+
+The epoch counter lives in each worker: use persistent workers (the DataModule does) so that
+the counter survives between epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .batches import clip_item, collate, windows_from_clip
+from .schema import StoreError
+from .store_info import StoreInfo
+from .wds_shards import decode_clip
+
+
+class _HashingReader:
+    """File-like wrapper that hashes what is read; ``check()`` compares at end of stream."""
+
+    def __init__(self, f, url: str, expected: str | None):
+        self.f, self.url, self.expected = f, url, expected
+        self.h = hashlib.sha256()
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.h.update(b)
+        return b
+
+    def check(self):
+        while self.read(1 << 20):  # hash whatever tar left unread (padding)
+            pass
+        if self.expected and self.h.hexdigest() != self.expected:
+            raise StoreError(f"{self.url}: sha256 mismatch with the manifest (corrupt shard)")
+
+    def close(self):
+        self.f.close()
+
+
+def dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardStream(IterableDataset):
+    """Batches (see :mod:`polar_data.batches`) streamed from the shards of one split.
+
+    Args:
+        info: the store (``StoreInfo.load(base)``).
+        split: ``train``, ``val`` or ``test``.
+        mode: ``window`` or ``clip``.
+        batch_size: samples per batch.
+        seed, start_epoch: order control (see module docstring).
+        shuffle: shuffle shards and samples (False: manifest order, for evaluation).
+        clip_buffer, window_buffer: shuffle-buffer sizes (clips, windows).
+        rank, world_size: default from torch.distributed when initialised, else 0 / 1.
+        num_workers: DataLoader workers per rank (sets each worker's batch quota).
+        batches_per_epoch: per rank; default: the split's samples // (world_size x batch_size).
+        single_pass: read this rank's shards once and flush partial batches (evaluation:
+            every sample exactly once; batch counts may then differ between ranks).
+    """
+
+    def __init__(self, info: StoreInfo, split: str, mode: str, batch_size: int, seed: int = 0,
+                 start_epoch: int = 0, shuffle: bool = True, clip_buffer: int = 32,
+                 window_buffer: int = 2048, rank: int | None = None,
+                 world_size: int | None = None, num_workers: int = 0,
+                 batches_per_epoch: int | None = None, skip_corrupt: bool = False,
+                 verify_checksums: bool = True, storage_options: dict | None = None,
+                 single_pass: bool = False):
+        if mode not in ("window", "clip"):
+            raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
+        self.info, self.split, self.mode, self.batch_size = info, split, mode, batch_size
+        self.seed, self.start_epoch, self.shuffle = seed, start_epoch, shuffle
+        self.clip_buffer, self.window_buffer = clip_buffer, window_buffer
+        r, w = dist_rank_world()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        self.num_workers = num_workers
+        self.skip_corrupt, self.verify_checksums = skip_corrupt, verify_checksums
+        self.storage_options = storage_options or {}
+        self.shards = info.shard_urls(split)
+        if not self.shards:
+            raise StoreError(f"{info.base}: no {split} shards in the manifest")
+        samples = info.n_targets[split] if mode == "window" else sum(
+            e["n_samples"] for _, e in self.shards)
+        if batches_per_epoch is None:
+            batches_per_epoch = samples // (self.world_size * batch_size)
+        if batches_per_epoch < 1:
+            raise StoreError(f"{info.base}: {split} has {samples} {mode} samples, too few for "
+                             f"one batch of {batch_size} on each of {self.world_size} rank(s)")
+        self.batches_per_epoch = batches_per_epoch
+        self.single_pass = single_pass
+        self._iterations = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    # ---------------------------------------------------------------- stages
+    def _my_shards(self, epoch: int, worker: int, n_workers: int) -> list[tuple[str, dict]]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        slots = self.world_size * n_workers
+        slot = self.rank * n_workers + worker
+        mine = order[slot::slots]
+        if not mine and self.single_pass:
+            return []
+        if not mine:
+            warnings.warn(f"{len(self.shards)} {self.split} shards for {slots} rank x worker "
+                          "slots: some slots re-read another slot's shard", stacklevel=2)
+            mine = [order[slot % len(order)]]
+        return [self.shards[i] for i in mine]
+
+    def _samples(self, shards, rng: random.Random) -> Iterator[dict]:
+        """Decoded clips from ``shards``, cycled forever (reshuffled on each pass) unless
+        ``single_pass``."""
+        shards = list(shards)
+        while True:
+            for url, entry in shards:
+                try:
+                    stream = _HashingReader(fsspec.open(url, "rb", **self.storage_options).open(),
+                                            url, entry.get("sha256") if self.verify_checksums
+                                            else None)
+                    files = wds.tariterators.tar_file_expander(
+                        [{"url": url, "stream": stream}], handler=wds.reraise_exception)
+                    for raw in wds.tariterators.group_by_keys(files,
+                                                              handler=wds.reraise_exception):
+                        raw["__url__"] = url
+                        yield decode_clip(raw)
+                    stream.check()
+                    stream.close()
+                except Exception as e:
+                    err = e if isinstance(e, StoreError) else StoreError(
+                        f"{url}: corrupt or unreadable shard ({type(e).__name__}: {e})")
+                    if not self.skip_corrupt:
+                        raise err from e
+                    warnings.warn(f"skipping {err}", stacklevel=2)
+            if self.single_pass:
+                return
+            if self.shuffle:
+                rng.shuffle(shards)
+
+    @staticmethod
+    def _buffer(items: Iterator, size: int, rng: random.Random) -> Iterator:
+        buf = []
+        for it in items:
+            buf.append(it)
+            if len(buf) >= size:
+                k = rng.randrange(len(buf))
+                buf[k], buf[-1] = buf[-1], buf[k]
+                yield buf.pop()
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = self.start_epoch + self._iterations
+        self._iterations += 1
+        wi = get_worker_info()
+        worker, n_workers = (0, 1) if wi is None else (wi.id, wi.num_workers)
+        quota = self.batches_per_epoch // n_workers + (
+            worker < self.batches_per_epoch % n_workers)
+        rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
+        clips = self._samples(self._my_shards(epoch, worker, n_workers), rng)
+        if self.shuffle:
+            clips = self._buffer(clips, self.clip_buffer, rng)
+        if self.mode == "window":
+            items = (w for c in clips for w in windows_from_clip(c, self.info.window_len))
+            if self.shuffle:
+                items = self._buffer(items, self.window_buffer, rng)
+        else:
+            items = (clip_item(c) for c in clips)
+        buckets: dict[int, list] = {}
+        made = 0
+        if quota == 0 and not self.single_pass:
+            return
+        for it in items:
+            b = buckets.setdefault(it["session"], [])
+            b.append(it)
+            if len(b) == self.batch_size:
+                yield collate(b, self.info.pixel_mean, self.info.pixel_std)
+                buckets[it["session"]] = []
+                made += 1
+                if made == quota and not self.single_pass:
+                    return
+        for b in buckets.values():  # single pass: the remainders too
+            if b:
+                yield collate(b, self.info.pixel_mean, self.info.pixel_std)
+
+
+def seed_everything_for_worker(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy's global RNG is not used by the loaders, but keep
+    forked workers from sharing one numpy seed for any user code that does."""
+    np.random.seed(torch.initial_seed() % 2**32)

@@ -1,0 +1,189 @@
+"""Random access to the Zarr store: a map-style dataset over its window (or clip) index.
+
+``ZarrWindows.__getitems__`` reads a whole batch at once: the batch's windows are grouped by
+the stretch of bins they share and each stretch is read once (neighbouring windows share all
+but one frame and share chunks), then windows are cut out as views. ``LocalityBatchSampler``
+builds one-session batches from a few random chunk-sized blocks at a time, so reads stay
+chunk-local while batches still mix distant parts of the recording and all sessions.
+
+Use with ``DataLoader(ds, batch_sampler=sampler, collate_fn=identity)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+from .batches import collate
+from .schema import SPLITS, StoreError
+from .store_info import StoreInfo
+from .wds_stream import dist_rank_world
+
+
+def identity(x):
+    """collate_fn for datasets whose ``__getitems__`` already returns a batch."""
+    return x
+
+
+class ZarrWindows(Dataset):
+    """Windows (``mode='window'``) or clips (``mode='clip'``) of one split of a local store.
+
+    Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a clip's first
+    target bin (clip mode also keeps the clip's ``own_from``).
+    """
+
+    def __init__(self, info: StoreInfo, split: str, mode: str = "window"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if mode not in ("window", "clip"):
+            raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
+        self.info, self.split, self.mode = info, split, mode
+        self.path = Path(info.base) / "zarr"
+        root = self._root()
+        rows, own = [], []
+        for i, name in enumerate(info.sessions):
+            if mode == "window":
+                ends = root[name][f"windows/{split}"][...]
+                rows.append(np.column_stack([np.full(len(ends), i), ends]))
+            else:
+                clips = root[name][f"clips/{split}"][...]
+                rows.append(np.column_stack([np.full(len(clips), i), clips[:, 0]]))
+                own.append(clips[:, 1])
+        self.index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), int)
+        self.own_from = np.concatenate(own) if own else None
+        self.chunk_bins = int(root[info.sessions[0]]["stim"].chunks[0])
+        self._groups = None  # opened lazily in each worker
+
+    def _root(self):
+        import zarr
+
+        if not (self.path / "zarr.json").is_file():
+            raise StoreError(f"{self.path}: no Zarr store here; build it with "
+                             "pipelines/build_shards.py")
+        return zarr.open_group(store=str(self.path), mode="r", zarr_format=3)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_groups"] = None
+        return state
+
+    def _group(self, s: int):
+        if self._groups is None:
+            root = self._root()
+            self._groups = [root[n] for n in self.info.sessions]
+        return self._groups[s]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        """One batch (see :mod:`polar_data.batches`); all indices must share a session."""
+        idx = np.asarray(indices)
+        sess = np.unique(self.index[idx, 0])
+        if len(sess) != 1:
+            raise ValueError(f"indices span sessions {sess.tolist()}; batches hold one session")
+        g = self._group(int(sess[0]))
+        W = self.info.window_len
+        bins = self.index[idx, 1]
+        items = []
+        if self.mode == "window":
+            # read each run of nearby windows once: stretches separated by > one chunk
+            order = np.argsort(bins)
+            cuts = np.flatnonzero(np.diff(bins[order]) > self.chunk_bins) + 1
+            by_pos = {}
+            for part in np.split(order, cuts):
+                lo, hi = int(bins[part].min()) - W + 1, int(bins[part].max()) + 1
+                stim, eye = g["stim"][lo:hi], g["eyepos"][lo:hi]
+                robs, dfs = g["robs"][lo:hi], g["dfs"][lo:hi]
+                tr = g["true_rate"][lo:hi] if self.info.has_true_rate else None
+                for k in part:
+                    e = int(bins[k]) - lo
+                    it = {"stim": stim[e - W + 1 : e + 1], "eyepos": eye[e - W + 1 : e + 1],
+                          "robs": robs[e], "dfs": dfs[e], "session": int(sess[0]),
+                          "end": int(bins[k])}
+                    if tr is not None:
+                        it["true_rate"] = tr[e]
+                    by_pos[int(k)] = it
+            items = [by_pos[k] for k in range(len(idx))]
+        else:
+            L = self.info.clip_len
+            for k, i in enumerate(idx):
+                s = int(bins[k])
+                dfs = g["dfs"][s : s + L].copy()
+                dfs[: int(self.own_from[i])] = False
+                it = {"stim": g["stim"][s - W + 1 : s + L],
+                      "eyepos": g["eyepos"][s - W + 1 : s + L],
+                      "robs": g["robs"][s : s + L], "dfs": dfs, "session": int(sess[0]),
+                      "end": s + L - 1}
+                if self.info.has_true_rate:
+                    it["true_rate"] = g["true_rate"][s : s + L]
+                items.append(it)
+        return collate(items, self.info.pixel_mean, self.info.pixel_std)
+
+
+class LocalityBatchSampler(Sampler[list[int]]):
+    """One-session batches of indices into a ZarrWindows, chunk-local but well mixed.
+
+    Per epoch (seed ``(seed, epoch)``): each session's entries are grouped into blocks of
+    ``chunk_bins`` bins; blocks are shuffled; every ``blocks_per_batch`` blocks are pooled,
+    shuffled and cut into batches; all batches of all sessions are then shuffled together.
+    With several ranks, rank r takes batches r, r + world, ... and all ranks get the same
+    count. ``shuffle=False`` gives entries in index order (evaluation).
+    """
+
+    def __init__(self, dataset: ZarrWindows, batch_size: int, seed: int = 0,
+                 shuffle: bool = True, blocks_per_batch: int = 4, drop_last: bool = True,
+                 rank: int | None = None, world_size: int | None = None, start_epoch: int = 0):
+        self.ds, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
+        self.blocks_per_batch, self.drop_last = blocks_per_batch, drop_last
+        r, w = dist_rank_world()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        self.epoch = start_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        index = self.ds.index
+        out = []
+        for s in np.unique(index[:, 0]):
+            rows = np.flatnonzero(index[:, 0] == s)
+            if not self.shuffle:
+                out += [rows[i : i + self.batch_size].tolist()
+                        for i in range(0, len(rows), self.batch_size)]
+                continue
+            block = index[rows, 1] // self.ds.chunk_bins
+            blocks = [rows[block == b].tolist() for b in np.unique(block)]
+            rng.shuffle(blocks)
+            pool: list[int] = []
+            for k in range(0, len(blocks), self.blocks_per_batch):
+                for b in blocks[k : k + self.blocks_per_batch]:
+                    pool += b
+                rng.shuffle(pool)
+                while len(pool) >= self.batch_size:
+                    out.append(pool[: self.batch_size])
+                    pool = pool[self.batch_size :]
+            if pool and not self.drop_last:
+                out.append(pool)
+        if self.shuffle:
+            rng.shuffle(out)
+        per_rank = len(out) // self.world_size if self.drop_last else -(-len(out) //
+                                                                        self.world_size)
+        mine = out[self.rank :: self.world_size][:per_rank]
+        return mine
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        return len(self._batches())
