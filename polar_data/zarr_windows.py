@@ -133,7 +133,8 @@ class LocalityBatchSampler(Sampler[list[int]]):
 
     Per epoch (seed ``(seed, epoch)``): each session's entries are grouped into blocks of
     ``chunk_bins`` bins; blocks are shuffled; every ``blocks_per_batch`` blocks are pooled,
-    shuffled and cut into batches; all batches of all sessions are then shuffled together.
+    shuffled and cut into batches (a leftover joins the next group, so a batch reads at most
+    2 x ``blocks_per_batch`` blocks); all batches of all sessions are then shuffled together.
     With several ranks, rank r takes batches r, r + world, ... and all ranks get the same
     count. ``shuffle=False`` gives entries in index order (evaluation).
     """

@@ -1,0 +1,233 @@
+"""Loaders: contents, order, splits, ranks/workers, epochs, memory, object stores, bad stores."""
+
+import shutil
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from polar_data.schema import SPLITS, StoreError
+from polar_data.store_info import StoreInfo
+from polar_data.wds_stream import ShardStream
+from polar_data.zarr_store import open_store
+from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+
+W, L = 6, 10
+
+
+@pytest.fixture(scope="module")
+def info(tiny_store):
+    return StoreInfo.load(str(tiny_store))
+
+
+@pytest.fixture(scope="module")
+def arrays(tiny_store):
+    root = open_store(tiny_store / "zarr")
+    return [{k: root[n][k][...] for k in ("stim", "eyepos", "robs", "dfs", "trial", "split",
+                                          "true_rate")}
+            for n in root.attrs["sessions"]]
+
+
+def _frames(batch, info):
+    """Undo the pixel normalisation: exact uint8 frames back."""
+    x = batch["stim"][:, 0].numpy() * info.pixel_std + info.pixel_mean
+    return np.rint(x).astype(np.int64)
+
+
+def check_batch(batch, info, arrays, split, mode):
+    s = int(batch["session"][0])
+    assert (batch["session"] == s).all()
+    a = arrays[s]
+    frames = _frames(batch, info)
+    for b in range(len(batch["end"])):
+        e = int(batch["end"][b])
+        if mode == "window":
+            lo, hi = e - W + 1, e + 1
+            np.testing.assert_array_equal(batch["robs"][b].numpy(), a["robs"][e])
+            np.testing.assert_array_equal(batch["dfs"][b].numpy() > 0, a["dfs"][e])
+            assert a["dfs"][e].any()
+        else:
+            lo, hi = e - L - W + 2, e + 1
+            np.testing.assert_array_equal(batch["robs"][b].numpy(), a["robs"][e - L + 1 : e + 1])
+            owned = batch["dfs"][b].numpy() > 0
+            assert not (owned & ~a["dfs"][e - L + 1 : e + 1]).any()
+        # frame for frame, oldest first: index -1 is the current (last) bin
+        np.testing.assert_array_equal(frames[b], a["stim"][lo:hi])
+        np.testing.assert_array_equal(batch["behavior"][b].numpy(), a["eyepos"][lo:hi])
+        assert (a["trial"][lo:hi] == a["trial"][e]).all(), "window crosses a trial"
+        assert (a["split"][lo:hi] == SPLITS.index(split)).all(), "window crosses a split"
+    return [(s, int(e)) for e in batch["end"]]
+
+
+@pytest.mark.parametrize("mode", ["window", "clip"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_streaming_contents_equal_source(info, arrays, mode, split):
+    ds = ShardStream(info, split, mode, batch_size=4, shuffle=(split == "train"))
+    n = 0
+    for batch in ds:
+        check_batch(batch, info, arrays, split, mode)
+        n += 1
+    assert n == len(ds) or split == "val"
+
+
+@pytest.mark.parametrize("mode", ["window", "clip"])
+def test_zarr_contents_equal_source_and_cover_split_once(info, arrays, mode):
+    ds = ZarrWindows(info, "train", mode)
+    sampler = LocalityBatchSampler(ds, 8, seed=0, drop_last=False)
+    seen = []
+    for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=identity):
+        seen += check_batch(batch, info, arrays, "train", mode)
+    assert len(seen) == len(set(seen)) == len(ds)
+
+
+def test_val_stream_single_pass_sees_every_owned_target_once(info, arrays):
+    ds = ShardStream(info, "val", "window", batch_size=4, shuffle=False, single_pass=True)
+    seen = [k for batch in ds for k in check_batch(batch, info, arrays, "val", "window")]
+    assert len(seen) == len(set(seen)) == info.n_targets["val"] - 0  # no dfs-empty targets
+    ends = {(s, int(e)) for s, a in enumerate(arrays)
+            for e in np.flatnonzero(a["dfs"].any(1) & (a["split"] == 1))}
+    assert set(seen) <= ends
+
+
+def test_two_ranks_two_workers_disjoint_equal_counts(info):
+    per_rank = []
+    for rank in (0, 1):
+        ds = ShardStream(info, "train", "window", batch_size=4, rank=rank, world_size=2,
+                         num_workers=2, batches_per_epoch=6)
+        dl = DataLoader(ds, batch_size=None, num_workers=2)
+        batches = list(dl)
+        assert len(batches) == len(ds) == 6
+        per_rank.append({(int(b["session"][0]), int(e)) for b in batches for e in b["end"]})
+    assert not (per_rank[0] & per_rank[1])
+
+
+def _order(ds, epochs):
+    return [[(int(b["session"][0]), *b["end"].tolist()) for b in ds] for _ in range(epochs)]
+
+
+def test_epochs_differ_and_are_reproducible(info):
+    first = _order(ShardStream(info, "train", "window", batch_size=4, seed=3), 2)
+    assert first[0] != first[1]
+    assert _order(ShardStream(info, "train", "window", batch_size=4, seed=3), 2) == first
+    resumed = _order(ShardStream(info, "train", "window", batch_size=4, seed=3, start_epoch=1), 1)
+    assert resumed[0] == first[1]
+    zs = ZarrWindows(info, "train", "window")
+    s = LocalityBatchSampler(zs, 8, seed=3)
+    e0 = list(s)
+    s.set_epoch(1)
+    assert list(s) != e0
+
+
+def test_memory_does_not_grow_over_an_epoch(info):
+    ds = ShardStream(info, "train", "window", batch_size=4, batches_per_epoch=400)
+    it = iter(ds)
+    for _ in range(50):
+        next(it)
+    tracemalloc.start()
+    for _ in range(50):
+        next(it)
+    early, _ = tracemalloc.get_traced_memory()
+    for _ in range(250):
+        next(it)
+    late, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert late - early < 2_000_000, (early, late)
+
+
+def test_zarr_sampler_is_chunk_local_and_rank_balanced(info):
+    ds = ZarrWindows(info, "train", "window")
+    counts = []
+    for rank in (0, 1):
+        s = LocalityBatchSampler(ds, 4, seed=0, blocks_per_batch=2, rank=rank, world_size=2)
+        batches = list(s)
+        counts.append(len(batches))
+        for b in batches:
+            assert len(set(ds.index[b, 0])) == 1
+            # a group's leftover joins the next group: at most 2 x blocks_per_batch blocks
+            assert len(set(ds.index[b, 1] // ds.chunk_bins)) <= 4
+    assert counts[0] == counts[1] > 0
+
+
+def test_streaming_from_s3_object_store(tiny_store, info):
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        s3.create_bucket(Bucket="lab")
+        for p in [tiny_store / "manifest.json", *sorted((tiny_store / "wds").glob("*.tar"))]:
+            s3.upload_file(str(p), "lab", f"store/{p.relative_to(tiny_store).as_posix()}")
+        opts = {"endpoint_url": endpoint, "key": "test", "secret": "test"}
+        remote = StoreInfo.load("s3://lab/store", opts)
+        assert remote.sessions == info.sessions
+        got = _order(ShardStream(remote, "train", "clip", batch_size=2, seed=1,
+                                 storage_options=opts), 1)
+        want = _order(ShardStream(info, "train", "clip", batch_size=2, seed=1), 1)
+        assert got == want
+    finally:
+        server.stop()
+
+
+def _copy(tiny_store, tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(tiny_store, dst)
+    return dst
+
+
+def test_bad_stores_fail_naming_the_file(tiny_store, tmp_path):
+    with pytest.raises(StoreError, match=r"nowhere/manifest.json: manifest missing"):
+        StoreInfo.load(str(tmp_path / "nowhere"))
+    bad = _copy(tiny_store, tmp_path)
+    text = (bad / "manifest.json").read_text()
+    (bad / "manifest.json").write_text(text.replace('"schema_version": 1', '"schema_version": 0'))
+    with pytest.raises(StoreError, match="schema version 0"):
+        StoreInfo.load(str(bad))
+
+
+def test_corrupt_shard_mid_stream_is_named_unless_skipped(tiny_store, tmp_path):
+    bad = _copy(tiny_store, tmp_path)
+    info = StoreInfo.load(str(bad))
+    victim = bad / "wds" / "train-00001.tar"
+    data = bytearray(victim.read_bytes())
+    data[2000] ^= 0xFF  # inside a member: tar still parses, the checksum catches it
+    victim.write_bytes(bytes(data))
+    ds = ShardStream(info, "train", "clip", batch_size=2, shuffle=False, single_pass=True)
+    with pytest.raises(StoreError, match=r"train-00001\.tar: sha256 mismatch"):
+        list(ds)
+    victim.write_bytes(bytes(data[:3000]))  # truncated mid-member
+    with pytest.raises(StoreError, match=r"train-00001\.tar"):
+        list(ds)
+    ds = ShardStream(info, "train", "clip", batch_size=2, shuffle=False, single_pass=True,
+                     skip_corrupt=True)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        batches = list(ds)
+    assert batches and any("train-00001.tar" in str(x.message) for x in w)
+
+
+def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
+    from polar_data.data_config import load_data_config
+    from polar_data.datamodule import PolarDataModule
+
+    cfg_path = tmp_path / "d.yaml"
+    cfg_path.write_text(f"loader:\n  store: {tiny_store}\n  kind: zarr\n  mode: window\n"
+                        "  batch_size: 4\n  num_workers: 0\n")
+    dm = PolarDataModule(load_data_config(cfg_path))
+    assert dm.window_len == W and dm.n_units == (3, 4, 5)
+    assert 0 < dm.pixel_std and 0 < dm.pixel_mean < 255
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.float32
+    assert batch["behavior"].shape[1:] == (W, 2)
+    cfg_path.write_text("loader:\n  kind: tar\n")
+    from polar_data.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kind"):
+        load_data_config(cfg_path)
