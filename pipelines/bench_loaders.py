@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Benchmark our loaders against the old pipeline's in-RAM loader, on one store, in one run.
+
+Baseline (what the lab's loader did): every session loaded into RAM as float32 (pixel-
+normalised), a map-style dataset that gathers each window per sample in Python, a shuffled
+DataLoader with the same number of workers (forked: they share the arrays copy-on-write).
+
+Ours: the streaming WebDataset loader and the Zarr random-access loader, each in window mode
+(one predicted bin per sample) and clip mode (clip_len predicted bins per sample).
+
+Reported per loader: windows (= predicted bins) per second and peak memory of the main
+process and its workers together (sum of PSS from /proc, sampled every 50 ms). Targets:
+streaming window mode >= baseline; clip mode >= 5 x window mode in predicted bins/s; peak
+memory <= 1/5 of the baseline's.
+
+    python pipelines/bench_loaders.py                       # builds a >= 2 GB demo store
+    python pipelines/bench_loaders.py --store data/demo_store --batches 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from polar_data.store_info import StoreInfo
+from polar_data.wds_stream import ShardStream
+from polar_data.zarr_store import open_store
+from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_build import make_sessions  # noqa: E402  (a sibling script)
+from build_shards import main as build_main  # noqa: E402
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out + [g for c in out for g in _children(c)]
+
+
+class PeakMemory:
+    """Samples the PSS of this process and all its descendants; ``peak_mb`` after exit."""
+
+    def __init__(self, every: float = 0.05):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    def _run(self):
+        me = os.getpid()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(_pss_kb(p) for p in [me, *_children(me)]))
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 1024
+
+
+class InRamWindows(Dataset):
+    """The old pipeline: float32 sessions in RAM, one window gathered per __getitem__."""
+
+    def __init__(self, store: Path, split: str):
+        root = open_store(store / "zarr")
+        info = StoreInfo.load(str(store))
+        self.W = info.window_len
+        self.stim, self.eye, self.robs, self.dfs, self.index = [], [], [], [], []
+        n_max = max(info.n_units)  # mixed-session batches: units padded, masked by dfs
+        for s, name in enumerate(root.attrs["sessions"]):
+            g = root[name]
+            self.stim.append((g["stim"][...].astype(np.float32) - 127.0) / 255.0)
+            self.eye.append(g["eyepos"][...])
+            pad = ((0, 0), (0, n_max - info.n_units[s]))
+            self.robs.append(np.pad(g["robs"][...].astype(np.float32), pad))
+            self.dfs.append(np.pad(g["dfs"][...].astype(np.float32), pad))
+            ends = g[f"windows/{split}"][...]
+            self.index += [(s, int(e)) for e in ends]
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        s, e = self.index[i]
+        lo = e - self.W + 1
+        return {"stim": torch.from_numpy(self.stim[s][lo : e + 1].copy()).unsqueeze(0),
+                "behavior": torch.from_numpy(self.eye[s][lo : e + 1].copy()),
+                "robs": torch.from_numpy(self.robs[s][e]),
+                "dfs": torch.from_numpy(self.dfs[s][e]),
+                "dataset_idx": s}
+
+
+def run(make_loader, batches: int, per_batch) -> tuple[float, float]:
+    """(predicted bins per second, peak MB) over ``batches`` batches after 3 warm-up."""
+    with PeakMemory() as mem:
+        loader = make_loader()
+        it = iter(loader)
+        for _ in range(3):
+            next(it)
+        t0 = time.perf_counter()
+        bins = 0
+        for _ in range(batches):
+            bins += per_batch(next(it))
+        dt = time.perf_counter() - t0
+        del it, loader
+    return bins / dt, mem.peak_mb
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, help="an existing store (default: build one)")
+    p.add_argument("--gb", type=float, default=2.0, help="GB of frames for a built store")
+    p.add_argument("--crop-px", type=int, default=51)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, default=150)
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+
+    work = None
+    store = a.store
+    if store is None:
+        work = Path(tempfile.mkdtemp(prefix="bench_loaders_"))
+        print(f"building a {a.gb:g} GB demo store of {a.crop_px}x{a.crop_px} frames...")
+        src, _ = make_sessions(work / "src", a.gb, a.crop_px, 120.0, 4, 1)
+        cfg = work / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"store": {"out_dir": str(work / "store"),
+                                                 "target_rate_hz": None}}))
+        if build_main(["--config", str(cfg), "--workers", "2", "--no-progress",
+                       *map(str, src)]) != 0:
+            raise SystemExit("store build failed")
+        shutil.rmtree(work / "src")
+        store = work / "store"
+    try:
+        info = StoreInfo.load(str(store))
+        frames_gb = sum(s["n_bins"] * s["frame_hw"][0] * s["frame_hw"][1]
+                        for s in __import__("json").loads(
+                            (store / "manifest.json").read_text())["sessions"].values()) / 1e9
+        B, nw = a.batch, a.workers
+        kw = {"num_workers": nw, "persistent_workers": nw > 0}
+        rows = []
+
+        def window_bins(b):
+            return b["robs"].shape[0]
+
+        def clip_bins(b):
+            return int(b["robs"].shape[0] * b["robs"].shape[1])
+
+        rows.append(("baseline: in-RAM float32, per-sample windows", "window", *run(
+            lambda: DataLoader(InRamWindows(store, "train"), batch_size=B, shuffle=True, **kw),
+            a.batches, window_bins)))
+        rows.append(("ours: WebDataset streaming", "window", *run(
+            lambda: DataLoader(ShardStream(info, "train", "window", B, num_workers=nw,
+                                           batches_per_epoch=10**6), batch_size=None, **kw),
+            a.batches, window_bins)))
+        rows.append(("ours: WebDataset streaming", "clip", *run(
+            lambda: DataLoader(ShardStream(info, "train", "clip", max(1, B // 8),
+                                           num_workers=nw, batches_per_epoch=10**6),
+                               batch_size=None, **kw),
+            a.batches, clip_bins)))
+        for mode, bs in (("window", B), ("clip", max(1, B // 8))):
+            def mk(mode=mode, bs=bs):
+                ds = ZarrWindows(info, "train", mode)
+                return DataLoader(ds, batch_sampler=LocalityBatchSampler(ds, bs),
+                                  collate_fn=identity, **kw)
+            rows.append(("ours: Zarr random access", mode, *run(mk, a.batches, (
+                window_bins if mode == "window" else clip_bins))))
+        base_rate, base_mem = rows[0][2], rows[0][3]
+        win_rate = rows[1][2]
+        print(f"\nstore {store}: {frames_gb:.2f} GB of frames, window_len {info.window_len}, "
+              f"clip_len {info.clip_len}, {nw} workers, batch {B} windows / {max(1, B // 8)} "
+              "clips")
+        print(f"{'loader':<48}{'mode':>7}{'bins/s':>10}{'x base':>8}{'peak MB':>10}"
+              f"{'x base':>8}")
+        for name, mode, rate, mem in rows:
+            print(f"{name:<48}{mode:>7}{rate:>10.0f}{rate / base_rate:>8.2f}{mem:>10.0f}"
+                  f"{mem / base_mem:>8.3f}")
+        print(f"\nclip mode vs window mode (streaming): {rows[2][2] / win_rate:.1f}x predicted "
+              "bins per second")
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
