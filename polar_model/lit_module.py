@@ -1,0 +1,185 @@
+"""Lightning module: any model config, masked Poisson NLL (+ lambda_jepa x JEPA), BPS logging.
+
+Batches follow :mod:`polar_data.batches` (window or clip mode, one session per batch).
+The JEPA teacher is updated by EMA after each optimizer step (never inside forward).
+A non-finite loss raises ``FloatingPointError`` naming the batch's session: never skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+
+from .build import build_model
+from .config import config_from_dict
+from .losses import masked_poisson_nll
+from .spec import DataSpec
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (``configs/train/*.yaml``); steps are optimizer steps."""
+
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    max_steps: int = 600
+    max_epochs: int = 1000         # the step budget usually ends training first
+    grad_clip: float = 1.0
+    ema_decay: float | None = None  # EMA of weights for evaluation (None: off)
+    seed: int = 0
+    val_every_steps: int = 100
+    log_every_steps: int = 10
+    precision: str = "32-true"
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 1 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0, max_steps >= 1, warmup_steps >= 0")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError("ema_decay must be in (0, 1)")
+
+
+class BPSAccumulator:
+    """Sufficient statistics for bits per spike per unit, summed over batches.
+
+    Per unit ``i`` with mask ``d``: ``A = sum d (y ln r - r)``, ``Y = sum d y``, ``D = sum d``.
+    The null model is the unit's mean rate on the same data, ``r_bar = Y / D``, so
+    ``BPS = (A - (Y ln r_bar - r_bar D)) / (Y ln 2)`` (NaN when ``Y = 0``).
+    """
+
+    def __init__(self, n_units: int, device=None):
+        self.stats = torch.zeros(3, n_units, dtype=torch.float64, device=device)
+
+    def update(self, rate: torch.Tensor, robs: torch.Tensor, dfs: torch.Tensor) -> None:
+        """rate, robs, dfs: [..., N] (expected counts per bin, counts, mask)."""
+        r = rate.detach().double().reshape(-1, rate.shape[-1])
+        y = robs.detach().double().reshape(-1, r.shape[-1])
+        d = dfs.detach().double().reshape(-1, r.shape[-1])
+        ll = torch.where(y > 0, y * torch.log(r.clamp_min(1e-30)), 0.0) - r
+        self.stats[0] += (d * ll).sum(0)
+        self.stats[1] += (d * y).sum(0)
+        self.stats[2] += d.sum(0)
+
+    def bps(self) -> torch.Tensor:
+        A, Y, D = self.stats
+        rbar = Y / D.clamp_min(1)
+        null = torch.where(Y > 0, Y * torch.log(rbar.clamp_min(1e-30)), 0.0) - rbar * D
+        return torch.where(Y > 0, (A - null) / (Y.clamp_min(1e-30) * math.log(2)), math.nan)
+
+
+def _nanmean(x: torch.Tensor) -> torch.Tensor:
+    x = x[~torch.isnan(x)]
+    return x.mean() if x.numel() else torch.tensor(math.nan)
+
+
+class EncodingModule(L.LightningModule):
+    """Wraps an EncodingModel for training and evaluation.
+
+    Args:
+        model_cfg: the model YAML as a dict (stored in the checkpoint's hyperparameters).
+        spec: DataSpec fields as a dict (from the DataModule / store).
+        train_cfg: TrainConfig fields as a dict.
+    """
+
+    def __init__(self, model_cfg: dict, spec: dict, train_cfg: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = config_from_dict(model_cfg)
+        self.spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in spec.items()})
+        self.train_cfg = TrainConfig(**train_cfg)
+        self.model = build_model(self.model_cfg, self.spec)
+        self.lambda_jepa = float(getattr(self.model_cfg, "lambda_jepa", 0.0) or 0.0)
+        self._val = None
+
+    @classmethod
+    def create(cls, model_cfg, spec: DataSpec, train_cfg: TrainConfig) -> EncodingModule:
+        from polar_data.config import to_dict
+
+        return cls(to_dict(model_cfg), to_dict(asdict(spec)), to_dict(asdict(train_cfg)))
+
+    def forward(self, batch: dict):
+        return self.model(batch["stim"], batch["behavior"], int(batch["session"][0]))
+
+    @staticmethod
+    def targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """robs, dfs as [B, L, N] in both modes."""
+        robs, dfs = batch["robs"], batch["dfs"]
+        if robs.ndim == 2:
+            robs, dfs = robs[:, None], dfs[:, None]
+        return robs, dfs
+
+    def _loss(self, batch: dict, stage: str):
+        out = self(batch)
+        robs, dfs = self.targets(batch)
+        session = self.spec.session_names[int(batch["session"][0])]
+        nll = masked_poisson_nll(out.log_rate, robs, dfs)
+        loss = nll
+        if out.jepa_loss is not None:
+            loss = nll + self.lambda_jepa * out.jepa_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite {stage} loss ({loss.item()}) on a batch of session {session!r} "
+                f"(bins ending {batch['end'][:4].tolist()}...): check the inputs and the "
+                "learning rate; batches are never skipped silently"
+            )
+        return out, nll, loss
+
+    def training_step(self, batch, batch_idx):
+        out, nll, loss = self._loss(batch, "train")
+        B = batch["robs"].shape[0]
+        self.log("train/nll", nll, batch_size=B)
+        if out.jepa_loss is not None:
+            self.log("train/jepa", out.jepa_loss, batch_size=B)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.model.update_teacher()  # JEPA EMA teacher: after the step, outside forward
+
+    def on_validation_epoch_start(self):
+        self._val = [BPSAccumulator(n, self.device) for n in self.spec.n_units]
+
+    def validation_step(self, batch, batch_idx):
+        out, nll, _ = self._loss(batch, "val")
+        robs, dfs = self.targets(batch)
+        self._val[int(batch["session"][0])].update(out.log_rate.exp(), robs, dfs)
+        self.log("val/nll", nll, batch_size=batch["robs"].shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        per_unit = []
+        for name, acc in zip(self.spec.session_names, self._val):
+            if self.trainer.world_size > 1:
+                acc.stats = self.all_gather(acc.stats).sum(0)
+            bps = acc.bps()
+            per_unit.append(bps)
+            self.log(f"val_bps/{name}", _nanmean(bps).float(), rank_zero_only=True)
+        allu = torch.cat(per_unit)
+        self.log("val/bps", _nanmean(allu).float(), prog_bar=True, rank_zero_only=True)
+        self.log("val/bps_clamped", _nanmean(allu.clamp_min(0)).float(), rank_zero_only=True)
+
+    def configure_optimizers(self):
+        tc = self.train_cfg
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and not name.endswith("bias") else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=tc.lr, betas=tc.betas)
+
+        def schedule(step: int) -> float:
+            if step < tc.warmup_steps:
+                return (step + 1) / max(1, tc.warmup_steps)
+            progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
