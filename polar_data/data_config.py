@@ -26,7 +26,7 @@ class StoreConfig:
     split_seed: int = 0
     chunk_bins: int = 256          # Zarr chunk length along time
     zstd_level: int = 3
-    shard_target_mb: float = 64.0  # uncompressed stimulus bytes per WebDataset shard
+    shard_target_mb: float = 8.0   # uncompressed stimulus bytes per WebDataset shard
     shard_seed: int = 0            # order in which clips of all sessions are interleaved
     trust_pickle: bool = False     # .dset files are pickles: load only if you trust them
 
