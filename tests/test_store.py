@@ -184,3 +184,29 @@ def test_tar_members_are_deterministic(built):
     shard = sorted((built / "wds").glob("*.tar"))[0]
     with tarfile.open(shard) as tf:
         assert {m.mtime for m in tf} == {0}
+
+
+def test_array_job_stages_equal_single_run(tmp_path, sources, built):
+    """Two jobs ingest and shard disjoint parts; one finalizes: same bytes as one run."""
+    out = tmp_path / "store"
+    for stage in ("ingest", "shards"):
+        for j in (1, 0):
+            assert _build(tmp_path, sources, out, "--stage", stage, "--job-index", str(j),
+                          "--num-jobs", "2") == 0
+    assert _build(tmp_path, sources, out, "--stage", "finalize") == 0
+    a, b = _tree(out), _tree(built)
+    assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []
+
+
+def test_shards_before_ingest_is_refused(tmp_path, sources, capsys):
+    out = tmp_path / "store"
+    assert _build(tmp_path, sources, out, "--stage", "shards") == 2
+    assert "not ingested yet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_store(tmp_path, sources, built):
+    out = tmp_path / "store"
+    assert _build(tmp_path, sources, out, "--workers", "2") == 0
+    a, b = _tree(out), _tree(built)
+    assert [k for k in a if a[k] != b.get(k)] == []
