@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         print(f"generating demo sessions ({a.gb:g} GB of {a.crop_px}x{a.crop_px} frames)...")
         src, frames = make_sessions(work / "src", a.gb, a.crop_px, a.rate, a.sessions, 0)
         frame_bytes = frames * a.crop_px**2
-        store = {"out_dir": str(work / "store"), "target_rate_hz": None, "clip_len": 128}
+        store = {"out_dir": str(work / "store"), "target_rate_hz": None}
         cfg = work / "bench.yaml"
         cfg.write_text(yaml.safe_dump({"store": store}))
 

@@ -17,7 +17,11 @@ Window mode (``W = window_len``)::
 Clip mode (``L = clip_len``, ``S = L + W - 1``)::
 
     stim [B, 1, S, H, W'], behavior [B, S, 2], robs [B, L, N], dfs [B, L, N],
-    session [B], end [B] (bin of the clip's last target), true_rate [B, L, N]
+    session [B], end [B] (bin of the clip's last real target), true_rate [B, L, N]
+
+A clip with fewer than ``L`` targets (the end of a run of valid bins) is padded at the end:
+the last frame and gaze repeated, counts 0, ``dfs`` False. Padding lies in the future of
+every real target, so a causal model's outputs for the real targets are unchanged.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def windows_from_clip(clip: dict, window_len: int) -> list[dict]:
     mask is not all False. Windows are views of the clip's arrays (no copy)."""
     meta = clip["meta"]
     out = []
-    for k in range(meta["own_from"], meta["clip_len"]):
+    for k in range(meta["n_targets"]):
         dfs = clip["dfs"][k]
         if not dfs.any():
             continue
@@ -78,12 +82,27 @@ def windows_from_clip(clip: dict, window_len: int) -> list[dict]:
     return out
 
 
+def pad_clip(item: dict, clip_len: int) -> dict:
+    """Pad a clip-mode sample with fewer than ``clip_len`` targets at its end (see above)."""
+    short = clip_len - len(item["robs"])
+    if short <= 0:
+        return item
+    edge = {"stim": "edge", "eyepos": "edge"}
+    out = dict(item)
+    for k in ("stim", "eyepos", "robs", "dfs", "true_rate"):
+        if k in item:
+            a = item[k]
+            width = [(0, short)] + [(0, 0)] * (a.ndim - 1)
+            out[k] = np.pad(a, width, mode=edge.get(k, "constant"))
+    return out
+
+
 def clip_item(clip: dict) -> dict:
-    """A decoded clip as one clip-mode sample."""
+    """A decoded clip as one clip-mode sample, padded to the store's ``clip_len``."""
     meta = clip["meta"]
     item = {"stim": clip["stim"], "eyepos": clip["eyepos"], "robs": clip["robs"],
             "dfs": clip["dfs"], "session": meta["session_index"],
-            "end": meta["start"] + meta["clip_len"] - 1}
+            "end": meta["start"] + meta["n_targets"] - 1}
     if "true_rate" in clip:
         item["true_rate"] = clip["true_rate"]
-    return item
+    return pad_clip(item, meta["clip_len"])

@@ -274,8 +274,8 @@ def shard_plan(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: 
         raise BuildError(f"{out_dir / 'zarr'}: session group(s) {missing} missing; re-run ingest")
     table = clip_table(root, window_len)
     frame_bytes = max(int(root[n]["stim"].shape[1] * root[n]["stim"].shape[2]) for n in names)
-    return names, plan_shards(table, frame_bytes, window_len, cfg.store.shard_target_mb,
-                              cfg.store.shard_seed)
+    return names, plan_shards(table, frame_bytes, window_len, cfg.store.clip_len,
+                              cfg.store.shard_target_mb, cfg.store.shard_seed)
 
 
 def write_shards(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int,

@@ -19,7 +19,7 @@ class StoreConfig:
 
     out_dir: Path = Path("data/demo_store")
     window_len: int | None = None  # None: derived from --model-config, else 16
-    clip_len: int = 128            # target bins per WebDataset clip
+    clip_len: int = 256            # target bins per WebDataset clip (at most)
     target_rate_hz: float | None = 120.0  # resample within trials (None: keep source rate)
     splits: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})

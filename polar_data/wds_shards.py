@@ -1,17 +1,18 @@
 """WebDataset tar shards of clips, for streaming on clusters.
 
-Each sample is one clip (see :mod:`polar_data.clips`): ``clip_len`` target bins plus the
-``window_len - 1`` bins of history before them, ``S = window_len - 1 + clip_len`` bins in
-all, oldest first. Members of a sample (key ``<session index>_<first target bin>``):
+Each sample is one clip (see :mod:`polar_data.clips`): ``n`` target bins (``n <= clip_len``)
+plus the ``window_len - 1`` bins of history before them, ``S = window_len - 1 + n`` bins in
+all, oldest first. Members of a sample (key ``<session index>_<first target bin>``), every
+array zstd-compressed:
 
-    meta.json     session, split, start (first target bin), own_from, window_len, clip_len,
-                  frame shape, dtypes
-    stim.zst      zstd-compressed uint8 [S, H, W] frames
-    eyepos.npy    float32 [S, 2] degrees, x right / y up
-    t.npy         float64 [S] seconds
-    robs.npy      int32 [clip_len, N] counts at the targets
-    dfs.npy       bool [clip_len, N] unit mask at the targets (False for targets not owned)
-    true_rate.npy float32 [clip_len, N] (demo stores only)
+    meta.json         session, session_index, split, start (first target bin), n_targets,
+                      window_len, clip_len, frame_hw
+    stim.zst          uint8 [S, H, W] frames (raw bytes)
+    eyepos.npy.zst    float32 [S, 2] degrees, x right / y up
+    t.npy.zst         float64 [S] seconds
+    robs.npy.zst      int32 [n, N] counts at the targets
+    dfs.npy.zst       bool [n, N] unit mask at the targets
+    true_rate.npy.zst float32 [n, N] (demo stores only)
 
 Shards are named ``<split>-<k:05d>.tar``; clips of every session are shuffled together (seed
 ``store.shard_seed``) before they are cut into shards, so a shard mixes sessions.
@@ -36,15 +37,15 @@ _ZSTD_LEVEL = 3
 def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
+    return numcodecs.Zstd(level=_ZSTD_LEVEL).encode(buf.getvalue())
 
 
 def _from_npy(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
+    return np.load(io.BytesIO(numcodecs.Zstd().decode(b)), allow_pickle=False)
 
 
 def clip_table(root, window_len: int) -> dict[str, np.ndarray]:
-    """Per split: int64 [C, 4] rows (session index, first target, own_from, clip_len) over all
+    """Per split: int64 [C, 3] rows (session index, first target, number of targets) over all
     sessions of the Zarr ``root`` group, sessions in name order."""
     names = sorted(root.group_keys())
     table = {}
@@ -53,16 +54,14 @@ def clip_table(root, window_len: int) -> dict[str, np.ndarray]:
         for i, name in enumerate(names):
             g = root[name]
             clips = g[f"clips/{split}"][...]
-            L = int(g.attrs["clip_len"])
             if len(clips):
-                rows.append(np.column_stack([np.full(len(clips), i), clips,
-                                             np.full(len(clips), L)]))
-        table[split] = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
+                rows.append(np.column_stack([np.full(len(clips), i), clips]))
+        table[split] = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
     return table
 
 
 def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
-                target_mb: float, seed: int) -> list[tuple[str, np.ndarray]]:
+                clip_len: int, target_mb: float, seed: int) -> list[tuple[str, np.ndarray]]:
     """Shuffle each split's clips (all sessions together) and cut them into shards of about
     ``target_mb`` MB of raw frames. Returns ``[(shard name, rows [c, 4]), ...]``."""
     plan = []
@@ -72,38 +71,36 @@ def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
             continue
         rng = np.random.default_rng([seed, code])
         rows = rows[rng.permutation(len(rows))]
-        clip_bytes = frame_bytes * (window_len - 1 + int(rows[0, 3]))
+        clip_bytes = frame_bytes * (window_len - 1 + clip_len)
         per_shard = max(1, int(target_mb * 1e6 // clip_bytes))
         for k, s in enumerate(range(0, len(rows), per_shard)):
             plan.append((f"{split}-{k:05d}.tar", rows[s : s + per_shard]))
     return plan
 
 
-def encode_clip(g, session_index: int, split: str, start: int, own_from: int, clip_len: int,
+def encode_clip(g, session_index: int, split: str, start: int, n_targets: int,
                 window_len: int) -> dict:
     """Read one clip from session group ``g`` and encode it as a WebDataset sample dict."""
-    h = window_len - 1
-    a, b = start - h, start + clip_len
+    a, b = start - (window_len - 1), start + n_targets
     stim = g["stim"][a:b]
     robs = g["robs"][start:b]
-    dfs = g["dfs"][start:b].copy()
-    dfs[:own_from] = False  # targets owned by the previous clip
+    dfs = g["dfs"][start:b]
     meta = {
         "session": g.attrs["name"], "session_index": int(session_index), "split": split,
-        "start": int(start), "own_from": int(own_from), "window_len": int(window_len),
-        "clip_len": int(clip_len), "frame_hw": list(stim.shape[1:]),
+        "start": int(start), "n_targets": int(n_targets), "window_len": int(window_len),
+        "clip_len": int(g.attrs["clip_len"]), "frame_hw": list(stim.shape[1:]),
     }
     sample = {
         "__key__": f"{session_index:04d}_{start:09d}",
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
         "stim.zst": numcodecs.Zstd(level=_ZSTD_LEVEL).encode(np.ascontiguousarray(stim)),
-        "eyepos.npy": _npy(g["eyepos"][a:b]),
-        "t.npy": _npy(g["t"][a:b]),
-        "robs.npy": _npy(robs),
-        "dfs.npy": _npy(dfs),
+        "eyepos.npy.zst": _npy(g["eyepos"][a:b]),
+        "t.npy.zst": _npy(g["t"][a:b]),
+        "robs.npy.zst": _npy(robs),
+        "dfs.npy.zst": _npy(dfs),
     }
     if g.attrs.get("has_true_rate"):
-        sample["true_rate.npy"] = _npy(g["true_rate"][start:b])
+        sample["true_rate.npy.zst"] = _npy(g["true_rate"][start:b])
     return sample
 
 
@@ -117,19 +114,19 @@ def decode_clip(sample: dict) -> dict:
         return v
 
     meta = json.loads(get("meta.json"))
-    S = meta["window_len"] - 1 + meta["clip_len"]
+    S = meta["window_len"] - 1 + meta["n_targets"]
     H, W = meta["frame_hw"]
     raw = numcodecs.Zstd().decode(get("stim.zst"))
     out = {
         "meta": meta,
         "stim": np.frombuffer(raw, dtype=np.uint8).reshape(S, H, W),
-        "eyepos": _from_npy(get("eyepos.npy")),
-        "t": _from_npy(get("t.npy")),
-        "robs": _from_npy(get("robs.npy")),
-        "dfs": _from_npy(get("dfs.npy")),
+        "eyepos": _from_npy(get("eyepos.npy.zst")),
+        "t": _from_npy(get("t.npy.zst")),
+        "robs": _from_npy(get("robs.npy.zst")),
+        "dfs": _from_npy(get("dfs.npy.zst")),
     }
-    if "true_rate.npy" in sample:
-        out["true_rate"] = _from_npy(sample["true_rate.npy"])
+    if "true_rate.npy.zst" in sample:
+        out["true_rate"] = _from_npy(sample["true_rate.npy.zst"])
     return out
 
 
@@ -144,11 +141,10 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     with open(part, "wb") as f:
         # fixed mtime/user so a rebuilt shard is byte-identical
         with wds.TarWriter(f, encoder=False, mtime=0.0, user="polar", group="polar") as tw:
-            for sess, start, own_from, clip_len in rows:
+            for sess, start, n in rows:
                 g = root[names[sess]]
-                tw.write(encode_clip(g, int(sess), split, int(start), int(own_from),
-                                     int(clip_len), window_len))
-                owned += int(clip_len - own_from)
+                tw.write(encode_clip(g, int(sess), split, int(start), int(n), window_len))
+                owned += int(n)
                 per_session[names[sess]] = per_session.get(names[sess], 0) + 1
     part.replace(shard_path)
     return {"name": shard_path.name, "split": split, "n_samples": int(len(rows)),

@@ -14,7 +14,7 @@ Layout of ``<out>/zarr/`` (a Zarr v3 hierarchy)::
         true_rate float32 [T, N]      demo sessions only
         split     int8    [T]         0 train, 1 val, 2 test (by trial)
         windows/<split> int64 [W_s]   end bins of every valid window of that split
-        clips/<split>   int64 [C_s, 2] (first target bin, owned-target count) of each clip
+        clips/<split>   int64 [C, 2]  (first target bin, number of targets) of each clip
 
 Overlapping windows are never materialised: a window is just its end bin.
 """
@@ -34,17 +34,14 @@ from .session import Session, SessionError
 from .splits import assign_trials
 
 
-def pixel_stats(stim: np.ndarray, chunk: int = 4096) -> dict:
-    """Mean and std of uint8 frames [T, H, W] (float64 accumulation, chunked)."""
-    s = s2 = 0.0
-    for i in range(0, len(stim), chunk):
-        x = stim[i : i + chunk].astype(np.float64)
-        s += x.sum()
-        s2 += np.square(x).sum()
-    n = stim.size
-    mean = s / n
-    return {"mean": float(mean), "std": float(np.sqrt(max(s2 / n - mean**2, 0.0))),
-            "count": int(n)}
+def pixel_stats(stim: np.ndarray) -> dict:
+    """Exact mean and std of uint8 frames [T, H, W] (from the 256-bin histogram)."""
+    hist = np.bincount(stim.reshape(-1), minlength=256).astype(np.float64)
+    v = np.arange(256, dtype=np.float64)
+    n = hist.sum()
+    mean = (hist * v).sum() / n
+    var = (hist * (v - mean) ** 2).sum() / n
+    return {"mean": float(mean), "std": float(np.sqrt(var)), "count": int(n)}
 
 
 def session_attrs(session: Session, window_len: int, store_cfg, stats: dict,
@@ -123,7 +120,7 @@ def write_session_group(session: Session, group_path: Path, window_len: int, sto
     for code, name in enumerate(SPLITS):
         ends = np.flatnonzero(valid & (split == code)).astype(np.int64)
         put(f"windows/{name}", ends, (max(len(ends), 1),))
-        clips = cut_clips(valid & (split == code), window_len, store_cfg.clip_len)
+        clips = cut_clips(valid & (split == code), store_cfg.clip_len)
         put(f"clips/{name}", clips, (max(len(clips), 1), 2))
         n_windows[name] = int(len(ends))
         n_clips[name] = int(len(clips))

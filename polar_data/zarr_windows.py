@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from .batches import collate
+from .batches import collate, pad_clip
 from .schema import SPLITS, StoreError
 from .store_info import StoreInfo
 from .wds_stream import dist_rank_world
@@ -33,7 +33,7 @@ class ZarrWindows(Dataset):
     """Windows (``mode='window'``) or clips (``mode='clip'``) of one split of a local store.
 
     Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a clip's first
-    target bin (clip mode also keeps the clip's ``own_from``).
+    target bin (clip mode also keeps the clip's number of targets).
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str = "window"):
@@ -44,7 +44,7 @@ class ZarrWindows(Dataset):
         self.info, self.split, self.mode = info, split, mode
         self.path = Path(info.base) / "zarr"
         root = self._root()
-        rows, own = [], []
+        rows, n_targets = [], []
         for i, name in enumerate(info.sessions):
             if mode == "window":
                 ends = root[name][f"windows/{split}"][...]
@@ -52,9 +52,9 @@ class ZarrWindows(Dataset):
             else:
                 clips = root[name][f"clips/{split}"][...]
                 rows.append(np.column_stack([np.full(len(clips), i), clips[:, 0]]))
-                own.append(clips[:, 1])
+                n_targets.append(clips[:, 1])
         self.index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), int)
-        self.own_from = np.concatenate(own) if own else None
+        self.n_targets = np.concatenate(n_targets) if n_targets else None
         self.chunk_bins = int(root[info.sessions[0]]["stim"].chunks[0])
         self._groups = None  # opened lazily in each worker
 
@@ -113,18 +113,15 @@ class ZarrWindows(Dataset):
                     by_pos[int(k)] = it
             items = [by_pos[k] for k in range(len(idx))]
         else:
-            L = self.info.clip_len
             for k, i in enumerate(idx):
-                s = int(bins[k])
-                dfs = g["dfs"][s : s + L].copy()
-                dfs[: int(self.own_from[i])] = False
-                it = {"stim": g["stim"][s - W + 1 : s + L],
-                      "eyepos": g["eyepos"][s - W + 1 : s + L],
-                      "robs": g["robs"][s : s + L], "dfs": dfs, "session": int(sess[0]),
-                      "end": s + L - 1}
+                s, n = int(bins[k]), int(self.n_targets[i])
+                it = {"stim": g["stim"][s - W + 1 : s + n],
+                      "eyepos": g["eyepos"][s - W + 1 : s + n],
+                      "robs": g["robs"][s : s + n], "dfs": g["dfs"][s : s + n],
+                      "session": int(sess[0]), "end": s + n - 1}
                 if self.info.has_true_rate:
-                    it["true_rate"] = g["true_rate"][s : s + L]
-                items.append(it)
+                    it["true_rate"] = g["true_rate"][s : s + n]
+                items.append(pad_clip(it, self.info.clip_len))
         return collate(items, self.info.pixel_mean, self.info.pixel_std)
 
 

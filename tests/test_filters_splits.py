@@ -47,15 +47,14 @@ def test_splits_are_whole_trials_deterministic_and_cover_fractions():
 
 def test_clips_tile_each_valid_target_exactly_once():
     mask = np.zeros(200, bool)
-    mask[10:80] = True    # 70 targets: clips at 10, 30, 50 and a right-aligned one at 60
-    mask[100:110] = True  # too short for a clip
-    clips = cut_clips(mask, 8, 20)
-    assert clips.tolist() == [[10, 0], [30, 0], [50, 0], [60, 10]]
-    owned = np.zeros(200, int)
-    for s, own in clips:
-        owned[s + own : s + 20] += 1
-    np.testing.assert_array_equal(owned[10:80], 1)
-    assert owned.sum() == 70
+    mask[10:80] = True    # 70 targets: clips at 10, 30, 50 and a 10-target one at 70
+    mask[100:110] = True  # shorter than clip_len: one short clip
+    clips = cut_clips(mask, 20)
+    assert clips.tolist() == [[10, 20], [30, 20], [50, 20], [70, 10], [100, 10]]
+    covered = np.zeros(200, int)
+    for s, n in clips:
+        covered[s : s + n] += 1
+    np.testing.assert_array_equal(covered, mask.astype(int))
     assert segments(mask) == [(10, 80), (100, 110)]
 
 

@@ -50,13 +50,18 @@ def check_batch(batch, info, arrays, split, mode):
             np.testing.assert_array_equal(batch["dfs"][b].numpy() > 0, a["dfs"][e])
             assert a["dfs"][e].any()
         else:
-            lo, hi = e - L - W + 2, e + 1
-            np.testing.assert_array_equal(batch["robs"][b].numpy(), a["robs"][e - L + 1 : e + 1])
-            owned = batch["dfs"][b].numpy() > 0
-            assert not (owned & ~a["dfs"][e - L + 1 : e + 1]).any()
+            # real targets end at `end`; a short clip is padded after it (dfs False there)
+            n = int((batch["dfs"][b].numpy() > 0).any(1).nonzero()[0].max()) + 1
+            lo, hi = e - n - W + 2, e + 1
+            np.testing.assert_array_equal(batch["robs"][b, :n].numpy(),
+                                          a["robs"][e - n + 1 : e + 1])
+            np.testing.assert_array_equal(batch["dfs"][b, :n].numpy() > 0,
+                                          a["dfs"][e - n + 1 : e + 1])
+            assert not (batch["dfs"][b, n:].numpy() > 0).any()
+            assert (frames[b, hi - lo :] == frames[b, hi - lo - 1]).all()  # edge padding
         # frame for frame, oldest first: index -1 is the current (last) bin
-        np.testing.assert_array_equal(frames[b], a["stim"][lo:hi])
-        np.testing.assert_array_equal(batch["behavior"][b].numpy(), a["eyepos"][lo:hi])
+        np.testing.assert_array_equal(frames[b, : hi - lo], a["stim"][lo:hi])
+        np.testing.assert_array_equal(batch["behavior"][b, : hi - lo].numpy(), a["eyepos"][lo:hi])
         assert (a["trial"][lo:hi] == a["trial"][e]).all(), "window crosses a trial"
         assert (a["split"][lo:hi] == SPLITS.index(split)).all(), "window crosses a split"
     return [(s, int(e)) for e in batch["end"]]
