@@ -162,7 +162,8 @@ def main(argv=None) -> int:
         print(f"{'layout':<44}{'MB/s':>9}{'x copy':>9}{'MB on disk':>12}{'x once':>9}")
         for name, rate, ratio, size, sratio in rows:
             def f(v, fmt):
-                return format(v, fmt) if v is not None else "-"
+                width = int(fmt.split(".")[0])
+                return format(v, fmt) if v is not None else "-".rjust(width)
             print(f"{name:<44}{f(rate, '9.1f')}{f(ratio, '9.3f')}"
                   f"{f(size and size / 1e6, '12.1f')}{f(sratio, '9.3f')}")
         print(f"\nworkers={a.workers}; naive layout measured on {a.naive_windows} windows.")

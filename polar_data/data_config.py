@@ -24,7 +24,7 @@ class StoreConfig:
     splits: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     split_seed: int = 0
-    chunk_bins: int = 256          # Zarr chunk length along time
+    chunk_bins: int = 64           # Zarr chunk length along time (bins)
     zstd_level: int = 3
     shard_target_mb: float = 8.0   # uncompressed stimulus bytes per WebDataset shard
     shard_seed: int = 0            # order in which clips of all sessions are interleaved
