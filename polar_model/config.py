@@ -1,0 +1,103 @@
+"""Model configurations (``configs/model/*.yaml``) as typed dataclasses.
+
+``kind: polar`` -> :class:`PolarConfig` (the six Polar-V1 configurations differ in
+``use_behavior``, ``temporal`` and ``use_jepa``); ``kind: resnet_convgru`` ->
+:class:`BaselineConfig`. Unknown or ill-typed keys are errors naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from polar_data.config import ConfigError, from_dict
+
+
+@dataclass
+class PolarConfig:
+    """Polar-V1. Frequencies in cycles/pixel, rates in 1/s, speeds in deg/s."""
+
+    name: str = "polar"
+    kind: Literal["polar"] = "polar"
+    n_levels: int = 4               # Laplacian pyramid levels (51 -> 26 -> 13 -> 7)
+    n_pairs: int = 8                # quadrature pairs per level
+    filter_size: int = 9            # pixels
+    temporal: Literal["recurrent", "static"] = "recurrent"
+    use_behavior: bool = True
+    beh_dim: int = 64               # behaviour code size D
+    n_pos_freqs: int = 4            # Fourier features of gaze position
+    saccade_threshold_deg_s: float = 100.0  # initial gate threshold (learned, positive)
+    saccade_slope_s_deg: float = 0.05       # initial gate slope beta (learned, positive)
+    lambda_fix: float = 10.0        # amplitude relaxation rate in fixation (1/s)
+    lambda_sac: float = 40.0        # ... during saccades (1/s)
+    readout_dim: int = 16           # per-level feature channels fed to the readout
+    readout_sigma: float = 0.25     # initial Gaussian std (fraction of the half-width)
+    use_jepa: bool = False
+    jepa_delta: int = 4             # predict features jepa_delta bins ahead
+    min_context: int = 8            # bins of context the JEPA needs at least
+    jepa_dim: int = 64
+    jepa_ema: float = 0.996         # teacher EMA decay (tau)
+    lambda_jepa: float = 0.5
+
+    def __post_init__(self):
+        for key in ("n_levels", "n_pairs", "filter_size", "beh_dim", "readout_dim",
+                    "jepa_delta", "min_context", "jepa_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.filter_size % 2 == 0:
+            raise ValueError(f"filter_size: must be odd, got {self.filter_size}")
+        if not 0 < self.jepa_ema < 1:
+            raise ValueError(f"jepa_ema: must be in (0, 1), got {self.jepa_ema}")
+        if self.temporal == "static" and self.use_behavior:
+            raise ValueError("use_behavior: a static model has no dynamics to drive; set false")
+
+
+@dataclass
+class BaselineConfig:
+    """ResNet + ConvGRU baseline (the lab's current best)."""
+
+    name: str = "baseline"
+    kind: Literal["resnet_convgru"] = "resnet_convgru"
+    temporal_kernel: int = 7        # causal temporal front end (bins)
+    front_channels: int = 8
+    res_channels: tuple[int, int] = (32, 64)
+    gru_hidden: int = 128
+    gru_kernel: int = 3
+    beh_emb_dim: int = 16           # eye-movement modulator output channels
+    readout_sigma: float = 0.25
+    use_jepa: bool = False          # the baseline has no JEPA; kept for a uniform interface
+    lambda_jepa: float = 0.0
+
+    def __post_init__(self):
+        if self.temporal_kernel < 1 or self.gru_hidden < 1 or self.gru_kernel % 2 == 0:
+            raise ValueError("temporal_kernel, gru_hidden must be >= 1 and gru_kernel odd")
+        if self.use_jepa:
+            raise ValueError("use_jepa: the baseline has no JEPA")
+
+
+ModelConfig = PolarConfig | BaselineConfig
+KINDS = {"polar": PolarConfig, "resnet_convgru": BaselineConfig}
+
+
+def config_from_dict(data: dict, where: str = "") -> ModelConfig:
+    """Dispatch on ``kind`` and build the config (ConfigError names a bad key)."""
+    kind = data.get("kind", "polar")
+    if kind not in KINDS:
+        raise ConfigError(f"{where + ': ' if where else ''}kind: must be one of "
+                          f"{sorted(KINDS)}, got {kind!r}")
+    try:
+        return from_dict(KINDS[kind], data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a model YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model config not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    return config_from_dict(data, str(path))

@@ -1,0 +1,77 @@
+"""Recurrent polar dynamics: saccade-gated amplitude relaxation and phase advanced by the
+Fourier shift theorem."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PolarDynamics(nn.Module):
+    """One recurrent state per pyramid level, pair and pixel, run oldest-first over time.
+
+    State: amplitude ``A`` and unit phase ``(c, s) = (cos phi, sin phi)``. At step t:
+
+    * rate ``lambda_t = (1 - q_t) lambda_fix + q_t lambda_sac`` (both learned, positive;
+      without behaviour ``lambda_t = lambda_fix``), decay ``r_t = exp(-lambda_t dt)``;
+    * predicted phase: the previous phase rotated by
+      ``dphi_t = gamma_t 2 pi (k . v_t) dt + rho_t`` where ``k`` is the pair's frequency vector
+      (cycles/pixel, from the filter) and ``v_t`` the effective retinal velocity in pixels/s
+      of this level (``v_eff`` deg/s x ppd / 2^level, y flipped to rows): the phase change a
+      translating image causes (no behaviour: ``dphi = 0``);
+    * prediction error energy ``E_t = A_obs (1 - cos(phi_obs - phi_pred))``;
+    * ``A_t = A_obs + (A_{t-1} - A_obs) r_t`` (relaxes to what is seen, faster in saccades);
+    * ``phi_t``: the predicted unit phase blended with the observed one, weights
+      ``r_t : 1 - r_t``, renormalised. Phase thus accumulates across steps.
+    """
+
+    def __init__(self, dt: float, lambda_fix: float, lambda_sac: float):
+        super().__init__()
+        self.dt = dt
+        self._lam = nn.Parameter(torch.log(torch.expm1(torch.tensor([lambda_fix, lambda_sac]))))
+
+    @property
+    def rates(self) -> torch.Tensor:
+        """(lambda_fix, lambda_sac) in 1/s."""
+        return F.softplus(self._lam)
+
+    def forward(self, amp, cos_o, sin_o, k_pix=None, q=None, v_pix=None, gamma=None, rho=None):
+        """amp, cos_o, sin_o: observed polar responses ``[B, T, M, H, W]``.
+        Behaviour (all or none): ``k_pix`` [M, 2] cycles/pixel (x, y down), ``q`` [B, T, 1],
+        ``v_pix`` [B, T, 2] pixels/s (x right, y down), ``gamma``/``rho`` [B, T, M].
+        Returns A, cos, sin, E, each a list over the T steps of ``[B, M, H, W]`` (lists, not
+        stacked tensors: per-step slicing in a loop would cost a full-size gradient each).
+        """
+        B, T, M = amp.shape[:3]
+        lam_fix, lam_sac = self.rates
+        if q is None:
+            decay = torch.exp(-lam_fix * self.dt).expand(B, T, 1)
+            dphi = None
+        else:
+            decay = torch.exp(-((1 - q) * lam_fix + q * lam_sac) * self.dt)  # [B, T, 1]
+            dphi = gamma * 2 * math.pi * (v_pix @ k_pix.t()) * self.dt + rho  # [B, T, M]
+        amps, coss, sins = amp.unbind(1), cos_o.unbind(1), sin_o.unbind(1)
+        decays = decay[..., None, None].unbind(1)
+        if dphi is not None:
+            cds = torch.cos(dphi)[..., None, None].unbind(1)
+            sds = torch.sin(dphi)[..., None, None].unbind(1)
+        A, c, s = amps[0], coss[0], sins[0]
+        As, cs, ss, es = [A], [c], [s], [torch.zeros_like(A)]
+        for t in range(1, T):
+            r = decays[t]
+            if dphi is not None:
+                cd, sd = cds[t], sds[t]
+                c, s = c * cd - s * sd, s * cd + c * sd
+            co, so, ao = coss[t], sins[t], amps[t]
+            es.append(ao * (1 - (co * c + so * s)))
+            A = ao + (A - ao) * r
+            c, s = c * r + co * (1 - r), s * r + so * (1 - r)
+            inv = torch.rsqrt(c * c + s * s + 1e-8)
+            c, s = c * inv, s * inv
+            As.append(A)
+            cs.append(c)
+            ss.append(s)
+        return As, cs, ss, es

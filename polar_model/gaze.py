@@ -1,0 +1,108 @@
+"""From raw gaze to a behaviour code and the dynamics' per-step parameters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+V_SCALE = 100.0    # deg/s: kinematics are fed as v / V_SCALE
+A_SCALE = 1.0e4    # deg/s^2
+
+
+def kinematics(gaze: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal velocity and acceleration of gaze ``[B, T, 2]`` (deg) by backward differences
+    (deg/s, deg/s^2); the first step(s) are 0."""
+    v = torch.zeros_like(gaze)
+    v[:, 1:] = (gaze[:, 1:] - gaze[:, :-1]) / dt
+    a = torch.zeros_like(gaze)
+    a[:, 1:] = (v[:, 1:] - v[:, :-1]) / dt
+    return v, a
+
+
+def causal_ema(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """EMA along dim 1 of ``[B, T, C]``: y_t = alpha y_{t-1} + (1 - alpha) x_t, y_0 = x_0."""
+    out, y = [], x[:, 0]
+    for t in range(x.shape[1]):
+        y = alpha * y + (1 - alpha) * x[:, t] if t else x[:, 0]
+        out.append(y)
+    return torch.stack(out, 1)
+
+
+class GazeEncoder(nn.Module):
+    """Raw gaze ``[B, T, 2]`` (deg, x right / y up) -> (code ``[B, T, D]``, gate ``[B, T, 1]``,
+    velocity ``[B, T, 2]`` deg/s).
+
+    Features per step: velocity / 100 deg/s, log-compressed acceleration, speed, direction
+    (cos, sin), acceleration parallel / perpendicular to the motion, the saccade gate
+    ``sigmoid(beta (|v| - theta))`` (theta, beta learned and positive), fast and slow causal
+    EMAs of the gate, and learnable Fourier features of position; an MLP maps them to D.
+    """
+
+    def __init__(self, dim: int, dt: float, n_pos_freqs: int, threshold: float, slope: float):
+        super().__init__()
+        self.dt = dt
+        self._theta = nn.Parameter(torch.tensor(math.log(math.expm1(threshold / V_SCALE))))
+        self._beta = nn.Parameter(torch.tensor(math.log(math.expm1(slope * V_SCALE))))
+        self._ema = nn.Parameter(torch.tensor([1.0, 3.0]))  # sigmoid -> ~0.73, ~0.95
+        self.pos_freqs = nn.Parameter(torch.randn(n_pos_freqs, 2) * 0.2)
+        n_in = 2 + 2 + 1 + 2 + 2 + 3 + 2 * n_pos_freqs
+        self.mlp = nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """Saccade speed threshold, deg/s."""
+        return F.softplus(self._theta) * V_SCALE
+
+    def gate(self, speed: torch.Tensor) -> torch.Tensor:
+        beta = F.softplus(self._beta) / V_SCALE
+        return torch.sigmoid(beta * (speed - self.threshold))
+
+    def forward(self, gaze: torch.Tensor):
+        v, a = kinematics(gaze, self.dt)
+        speed = v.norm(dim=-1, keepdim=True)
+        direction = v / speed.clamp_min(1.0)
+        a_par = (a * direction).sum(-1, keepdim=True)
+        a_perp = direction[..., 0:1] * a[..., 1:2] - direction[..., 1:2] * a[..., 0:1]
+        q = self.gate(speed)
+        emas = causal_ema(q.expand(-1, -1, 2), torch.sigmoid(self._ema))
+        phase = 2 * math.pi * gaze @ self.pos_freqs.t()
+        feats = torch.cat([
+            v / V_SCALE, torch.sign(a) * torch.log1p(a.abs() / A_SCALE), speed / V_SCALE,
+            direction, torch.sign(a_par) * torch.log1p(a_par.abs() / A_SCALE),
+            torch.sign(a_perp) * torch.log1p(a_perp.abs() / A_SCALE), q, emas,
+            torch.sin(phase), torch.cos(phase)], dim=-1)
+        return self.mlp(feats), q, v
+
+
+class BehaviorEncoder(nn.Module):
+    """Behaviour code -> per-step dynamics parameters.
+
+    q      [B, T, 1]     saccade gate: the kinematic gate, adjusted by the code
+    v_eff  [B, T, 2]     effective retinal velocity, deg/s (x right, y up): starts as the
+                         image motion an eye movement causes (-v), adjusted by the code
+    gamma  [B, T, S*M]   phase-advance gain per level and pair, >= 1
+    rho    [B, T, S*M]   small phase offset, |rho| < 0.1 rad
+    The adjusting heads start at zero, so at initialisation the dynamics are the physics.
+    """
+
+    def __init__(self, dim: int, n_levels: int, n_pairs: int):
+        super().__init__()
+        self.q_head = nn.Linear(dim, 1)
+        self.v_head = nn.Linear(dim, 2)
+        self.g_head = nn.Linear(dim, n_levels * n_pairs)
+        self.r_head = nn.Linear(dim, n_levels * n_pairs)
+        for head in (self.q_head, self.v_head, self.g_head, self.r_head):
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
+        nn.init.constant_(self.g_head.bias, -4.0)  # softplus(-4) ~ 0.02: gamma ~ 1
+
+    def forward(self, code: torch.Tensor, gate: torch.Tensor, velocity: torch.Tensor):
+        logit = torch.logit(gate.clamp(1e-4, 1 - 1e-4))
+        q = torch.sigmoid(logit + self.q_head(code))
+        v_eff = -velocity + V_SCALE * self.v_head(code)
+        gamma = 1.0 + F.softplus(self.g_head(code))
+        rho = 0.1 * torch.tanh(self.r_head(code))
+        return q, v_eff, gamma, rho

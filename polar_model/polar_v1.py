@@ -1,0 +1,111 @@
+"""Polar-V1: pyramid -> quadrature pairs -> polar -> (gaze-driven) dynamics -> summaries ->
+multi-level Gaussian readout, optional JEPA."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import EncodingModel, ModelOutput
+from .config import PolarConfig
+from .dynamics import PolarDynamics
+from .filters import QuadratureFilterBank
+from .gaze import BehaviorEncoder, GazeEncoder
+from .jepa import JEPA
+from .polar import polar_decompose
+from .pyramid import LaplacianPyramid
+from .readout import MultiLevelGaussianReadout
+from .spec import DataSpec
+from .summary import TemporalSummarizer, static_features
+
+
+class PolarV1(EncodingModel):
+    """The six configurations: ``temporal`` recurrent/static x ``use_behavior`` x ``use_jepa``.
+
+    * recurrent: :class:`PolarDynamics` (gaze-driven when ``use_behavior``) + 9 temporal
+      summaries per pair; static: the current frame's amplitude, even and odd responses only.
+    * Behaviour: raw gaze -> :class:`GazeEncoder` -> :class:`BehaviorEncoder` -> saccade
+      gate, retinal velocity, phase gains and offsets for the dynamics.
+    * Per level a shared 1x1 conv maps the summaries to ``readout_dim`` channels; each session
+      has its own :class:`MultiLevelGaussianReadout`.
+    * JEPA (``use_jepa``): on the per-step spatially pooled features (training mode only).
+    """
+
+    def __init__(self, cfg: PolarConfig, spec: DataSpec):
+        super().__init__(spec)
+        self.cfg = cfg
+        S, M = cfg.n_levels, cfg.n_pairs
+        self.sizes = LaplacianPyramid.sizes(spec.frame_hw, S)
+        if min(self.sizes[-1]) < 2:
+            raise ValueError(f"n_levels: {S} levels shrink {spec.frame_hw} frames below 2 px")
+        self.pyramid = LaplacianPyramid(S)
+        self.filters = nn.ModuleList(QuadratureFilterBank(M, cfg.filter_size) for _ in range(S))
+        self.recurrent = cfg.temporal == "recurrent"
+        n_feat = TemporalSummarizer.n_features if self.recurrent else 3
+        if self.recurrent:
+            self.dynamics = PolarDynamics(self.dt, cfg.lambda_fix, cfg.lambda_sac)
+            self.summarizer = TemporalSummarizer()
+        if cfg.use_behavior:
+            self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,
+                                    cfg.saccade_threshold_deg_s, cfg.saccade_slope_s_deg)
+            self.behavior = BehaviorEncoder(cfg.beh_dim, S, M)
+        self.mix = nn.ModuleList(nn.Conv2d(n_feat * M, cfg.readout_dim, 1) for _ in range(S))
+        self.readouts = nn.ModuleList(
+            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, cfg.readout_sigma)
+            for n, r in zip(spec.n_units, spec.mean_rates))
+        self.jepa = (JEPA(S * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
+                          cfg.jepa_ema) if cfg.use_jepa else None)
+
+    def level_features(self, stim: torch.Tensor, behavior: torch.Tensor, first: int = 0
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: summaries of steps ``first ..`` ``[B, S - first, n_feat * M, H_l, W_l]``
+        and spatial means of every step's summaries ``[B, S, n_feat * M]``."""
+        B, _, S, H, W = stim.shape
+        frames = stim[:, 0].reshape(B * S, 1, H, W).float()
+        beh = None
+        if self.cfg.use_behavior:
+            code, gate, vel = self.gaze(behavior.float())
+            beh = self.behavior(code, gate, vel)
+        out, pooled = [], []
+        for level, (band, bank) in enumerate(zip(self.pyramid(frames), self.filters)):
+            even, odd = bank(band)
+            hw = even.shape[-2:]
+            even = even.view(B, S, -1, *hw)
+            odd = odd.view(B, S, -1, *hw)
+            amp, c, s = polar_decompose(even, odd)
+            if not self.recurrent:
+                f, p = static_features(amp, even, odd, first)
+                out.append(f)
+                pooled.append(p)
+                continue
+            if beh is None:
+                A, cs, ss, err = self.dynamics(amp, c, s)
+            else:
+                q, v_eff, gamma, rho = beh
+                M = self.cfg.n_pairs
+                ppd = self.spec.ppd / 2**level
+                v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up -> rows
+                sl = slice(level * M, (level + 1) * M)
+                A, cs, ss, err = self.dynamics(amp, c, s, bank.k(), q, v_pix, gamma[..., sl],
+                                               rho[..., sl])
+            f, p = self.summarizer(amp, even, odd, A, cs, ss, err, first)
+            out.append(f)
+            pooled.append(p)
+        return out, pooled
+
+    def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
+        S = self.check(stim, behavior, session)
+        first = S - 1 if last_only else self.window_len - 1
+        feats, pooled = self.level_features(stim, behavior, first)
+        jepa_loss = None
+        if self.jepa is not None and self.training:
+            jepa_loss = self.jepa(torch.cat(pooled, dim=-1))  # [B, S, C]
+        mixed = []
+        for f, mix in zip(feats, self.mix):
+            B, L = f.shape[:2]
+            mixed.append(mix(f.flatten(0, 1)).view(B, L, -1, *f.shape[-2:]))
+        return ModelOutput(self.readouts[session](mixed), jepa_loss)
+
+    def update_teacher(self) -> None:
+        if self.jepa is not None:
+            self.jepa.update_teacher()

@@ -1,0 +1,53 @@
+"""Temporal summaries of the polar features, per step (causal), for the readout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TemporalSummarizer(nn.Module):
+    """Per level: 9 features per pair and pixel at every step (oldest first, causal).
+
+    state amplitude A, simple-cell-like state features A cos(phi) and A sin(phi), fast and
+    slow EMAs of the observed amplitude, fast EMAs of the even and odd responses
+    (phase-sensitive, temporally filtered), the last amplitude change, and the phase
+    prediction-error energy. EMA factors are learned (initially 0.74 and 0.95 per step).
+
+    Returns the features of steps ``first .. T-1`` (``[B, T - first, 9M, H, W]``) and the
+    spatial means of every step's features (``[B, T, 9M]``, for JEPA), so the full-resolution
+    features of history steps are never kept.
+    """
+
+    n_features = 9
+
+    def __init__(self):
+        super().__init__()
+        self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
+
+    def forward(self, amp, even, odd, A, c, s, err, first: int = 0):
+        """amp, even, odd: ``[B, T, M, H, W]``; A, c, s, err: lists of T ``[B, M, H, W]``."""
+        fast, slow = torch.sigmoid(self._alpha)
+        amp, even, odd = amp.unbind(1), even.unbind(1), odd.unbind(1)
+        f_amp, s_amp, f_even, f_odd = amp[0], amp[0], even[0], odd[0]
+        outs, pooled = [], []
+        for t in range(len(amp)):
+            if t:
+                f_amp = fast * f_amp + (1 - fast) * amp[t]
+                s_amp = slow * s_amp + (1 - slow) * amp[t]
+                f_even = fast * f_even + (1 - fast) * even[t]
+                f_odd = fast * f_odd + (1 - fast) * odd[t]
+            change = amp[t] - amp[t - 1] if t else torch.zeros_like(f_amp)
+            parts = [A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd, change, err[t]]
+            pooled.append(torch.cat([p.mean(dim=(-2, -1)) for p in parts], dim=1))
+            if t >= first:
+                outs.append(torch.cat(parts, dim=1))
+        return torch.stack(outs, 1), torch.stack(pooled, 1)
+
+
+def static_features(amp, even, odd, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Static configurations: the current frame only (amplitude, even, odd), no temporal
+    processing at all: (features of steps ``first ..`` ``[B, T - first, 3M, H, W]``, spatial
+    means of every step ``[B, T, 3M]``)."""
+    f = torch.cat([amp, even, odd], dim=2)
+    return f[:, first:], f.mean(dim=(-2, -1))
