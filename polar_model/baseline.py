@@ -26,12 +26,21 @@ class CausalConv3d(nn.Conv3d):
         return super().forward(F.pad(x, self.pad))
 
 
+class FrameNorm(nn.GroupNorm):
+    """GroupNorm of each time step separately (normalising over time would leak the future)."""
+
+    def forward(self, x):  # [B, C, T, H, W]
+        B, C, T, H, W = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(B * T, C, H, W))
+        return y.view(B, T, C, H, W).transpose(1, 2)
+
+
 class ResBlock3d(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.c1 = CausalConv3d(ch, ch, (3, 3, 3))
         self.c2 = CausalConv3d(ch, ch, (3, 3, 3))
-        self.n1, self.n2 = nn.GroupNorm(4, ch), nn.GroupNorm(4, ch)
+        self.n1, self.n2 = FrameNorm(4, ch), FrameNorm(4, ch)
 
     def forward(self, x):
         return F.gelu(x + self.n2(self.c2(F.gelu(self.n1(self.c1(x))))))

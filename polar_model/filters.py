@@ -52,20 +52,29 @@ class QuadratureFilterBank(nn.Module):
         return self.freq[:, None] * torch.stack([torch.cos(self.theta), torch.sin(self.theta)], 1)
 
     def kernels(self) -> torch.Tensor:
-        """[2M, 1, k, k]: even kernels then odd kernels, unit L2 norm, zero mean."""
+        """[2M, 1, k, k]: even kernels then odd kernels.
+
+        Even kernels are symmetric and odd ones antisymmetric about the centre, so at every
+        frequency their responses are 90 degrees apart; each is then scaled to unit gain at
+        the pair's own frequency k, so the pair is an exact quadrature pair there even when
+        the kernel truncates the envelope. Zero mean (no response to uniform light).
+        """
         th, f, s = self.theta[:, None, None], self.freq[:, None, None], self.sigma[:, None, None]
         u = self.xx * torch.cos(th) + self.yy * torch.sin(th)
         env = torch.exp(-(self.xx**2 + self.yy**2) / (2 * s**2))
-        even = env * torch.cos(2 * math.pi * f * u)
-        odd = env * torch.sin(2 * math.pi * f * u)
-        ker = torch.cat([even, odd])
-        ker = ker - ker.mean(dim=(-2, -1), keepdim=True)
-        ker = ker / ker.flatten(1).norm(dim=1)[:, None, None].clamp_min(1e-6)
-        return ker[:, None]
+        carrier = 2 * math.pi * f * u
+        even = env * torch.cos(carrier)
+        odd = env * torch.sin(carrier)
+        even = even - even.mean(dim=(-2, -1), keepdim=True)
+        gain_e = (even * torch.cos(carrier)).sum(dim=(-2, -1), keepdim=True)
+        gain_o = (odd * torch.sin(carrier)).sum(dim=(-2, -1), keepdim=True)
+        even, odd = even / gain_e.clamp_min(1e-6), odd / gain_o.clamp_min(1e-6)
+        scale = torch.sqrt(0.5 * (even.pow(2).sum(dim=(-2, -1)) + odd.pow(2).sum(dim=(-2, -1))))
+        return (torch.cat([even, odd]) / torch.cat([scale, scale])[:, None, None])[:, None]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(even, odd) responses, each ``[N, M, H, W]`` (same padding, reflect)."""
-        p = self.size // 2
-        y = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.kernels())
+        """(even, odd) responses, each ``[N, M, H, W]`` ('same' size, zero padding: inputs are
+        pixel-normalised, so zero is the mean grey)."""
+        y = F.conv2d(x, self.kernels(), padding=self.size // 2)
         M = y.shape[1] // 2
         return y[:, :M], y[:, M:]

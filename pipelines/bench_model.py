@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Train-step time, parameters and peak memory of every model config vs the baseline.
+
+Forward + backward + AdamW step on CPU, batch 32, 51 x 51 frames, window 16 (window mode),
+one session of 32 units. Each configuration runs in its own process, so its peak resident
+memory (``ru_maxrss``, the process's high-water mark, minus the same process's mark before the
+model was built) is its own. Ratios are to the ResNet + ConvGRU baseline measured in this run.
+Targets: the full model no slower than the baseline, at most 0.75 x its parameters.
+
+    python pipelines/bench_model.py              # all seven configs, ~2 minutes
+    python pipelines/bench_model.py --steps 3 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa"]
+
+
+def one(name: str, steps: int, batch: int, window: int) -> dict:
+    import torch
+
+    from polar_model.build import build_model
+    from polar_model.config import load_model_config
+    from polar_model.losses import masked_poisson_nll
+    from polar_model.spec import DataSpec
+
+    torch.manual_seed(0)
+    spec = DataSpec(window, 120.0, (51, 51), 12.75, (32,), (tuple([0.05] * 32),), ("s",))
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    m = build_model(load_model_config(ROOT / f"configs/model/{name}.yaml"), spec).train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    stim = torch.randn(batch, 1, window, 51, 51)
+    gaze = torch.cumsum(torch.randn(batch, window, 2) * 0.05, 1)
+    y = torch.poisson(torch.full((batch, 1, 32), 0.05))
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        out = m(stim, gaze, 0, last_only=True)
+        loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
+        if out.jepa_loss is not None:
+            loss = loss + m.cfg.lambda_jepa * out.jepa_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.update_teacher()
+        if i:  # the first step warms up allocators
+            times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
+    return {"name": name, "ms": 1000 * sorted(times)[len(times) // 2],
+            "params": sum(p.numel() for p in m.parameters() if p.requires_grad),
+            "peak_mb": peak / 1024}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.one:
+        print(json.dumps(one(a.one, a.steps, a.batch, a.window)))
+        return 0
+    rows = []
+    for name in CONFIGS:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps),
+                              "--batch", str(a.batch), "--window", str(a.window)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"train step (fwd + bwd + AdamW), CPU, batch {a.batch}, 51x51, window {a.window}, "
+          f"median of {a.steps} steps")
+    print(f"{'config':<13}{'params':>10}{'x base':>8}{'step ms':>10}{'x base':>8}"
+          f"{'peak MB':>10}{'x base':>8}")
+    for r in rows:
+        print(f"{r['name']:<13}{r['params']:>10,}{r['params'] / base['params']:>8.3f}"
+              f"{r['ms']:>10.0f}{r['ms'] / base['ms']:>8.2f}{r['peak_mb']:>10.0f}"
+              f"{r['peak_mb'] / base['peak_mb']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

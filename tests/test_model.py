@@ -1,0 +1,249 @@
+"""Polar-V1 and the baseline: gradients, init, causality, time order, physics, JEPA, metrics."""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polar_data.config import ConfigError
+from polar_model.build import build_model, required_window_len
+from polar_model.config import config_from_dict, load_model_config
+from polar_model.dynamics import PolarDynamics
+from polar_model.filters import QuadratureFilterBank
+from polar_model.gaze import GazeEncoder
+from polar_model.lit_module import BPSAccumulator
+from polar_model.losses import masked_poisson_nll
+from polar_model.metrics import bits_per_spike, oracle_bps, summarize_bps
+from polar_model.polar import polar_decompose
+from polar_model.spec import DataSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
+W = 12
+RATE = 0.05
+
+
+def spec(window=W, hw=(27, 27), n_units=(6,)):
+    return DataSpec(window_len=window, rate_hz=120.0, frame_hw=hw, ppd=7.0, n_units=n_units,
+                    mean_rates=tuple(tuple([RATE] * n) for n in n_units),
+                    session_names=tuple(f"s{i}" for i in range(len(n_units))))
+
+
+def model(name, **kw):
+    torch.manual_seed(0)
+    return build_model(load_model_config(ROOT / f"configs/model/{name}.yaml"), spec(**kw))
+
+
+def batch(B=2, S=W + 3, hw=27, seed=0, saccade=True):
+    g = torch.Generator().manual_seed(seed)
+    stim = torch.randn(B, 1, S, hw, hw, generator=g)
+    gaze = torch.cumsum(torch.randn(B, S, 2, generator=g) * 0.02, 1)
+    if saccade:  # a 5 deg saccade over 3 bins in the middle
+        gaze[:, S // 2 :] += torch.tensor([5.0, -2.0])
+    return stim, gaze
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_parameter_gets_a_gradient(name):
+    m = model(name).train()
+    stim, gaze = batch()
+    out = m(stim, gaze, 0)
+    y = torch.poisson(torch.full_like(out.log_rate, 0.5))
+    loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
+    if out.jepa_loss is not None:
+        loss = loss + 0.5 * out.jepa_loss
+    loss.backward()
+    dead = [n for n, p in m.named_parameters()
+            if p.requires_grad and (p.grad is None or p.grad.abs().max() == 0)]
+    assert dead == []
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_initial_log_rates_are_sane(name):
+    m = model(name).eval()
+    stim, gaze = batch(B=4)
+    with torch.no_grad():
+        out = m(stim, gaze, 0)
+    lr = out.log_rate
+    assert torch.isfinite(lr).all()
+    assert lr.std() < 1.0 and abs(lr.mean() - math.log(RATE)) < 1.0
+    y = torch.poisson(torch.full_like(lr, RATE))
+    assert torch.isfinite(masked_poisson_nll(lr, y, torch.ones_like(y)))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_causal_and_time_ordered(name):
+    m = model(name).eval()
+    stim, gaze = batch(S=W + 5)
+    with torch.no_grad():
+        ref = m(stim, gaze, 0).log_rate  # outputs for bins W-1 .. S-1
+        cut = W + 1  # perturb bins > cut (frames and gaze)
+        s2, g2 = stim.clone(), gaze.clone()
+        s2[:, :, cut + 1 :] = torch.randn_like(s2[:, :, cut + 1 :])
+        g2[:, cut + 1 :] += 3.0
+        out = m(s2, g2, 0).log_rate
+        k = cut - (W - 1)  # output index of bin `cut`
+        assert torch.allclose(out[:, : k + 1], ref[:, : k + 1], atol=1e-6)
+        assert not torch.allclose(out[:, k + 1 :], ref[:, k + 1 :])
+        rev = m(stim.flip(2), gaze.flip(1), 0).log_rate
+        assert not torch.allclose(rev, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_window_mode_equals_clip_mode(name):
+    m = model(name).eval()
+    stim, gaze = batch(S=W + 6)
+    with torch.no_grad():
+        clip = m(stim, gaze, 0).log_rate  # [B, L, N]
+        last = m(stim, gaze, 0, last_only=True).log_rate  # window mode on the same frames
+        first = m(stim[:, :, :W], gaze[:, :W], 0).log_rate
+    assert last.shape[1] == 1 and clip.shape[1] == 7
+    assert torch.allclose(last[:, 0], clip[:, -1], atol=1e-5)
+    assert torch.allclose(first[:, 0], clip[:, 0], atol=1e-5)
+
+
+def _grating(k, shift, size=41, psi=0.3):
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    y, x = torch.meshgrid(r, r, indexing="ij")
+    return torch.cos(2 * math.pi * (k[0] * (x - shift[0]) + k[1] * (y - shift[1])) + psi)
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_phase_rotation_equals_fourier_shift(perturb):
+    torch.manual_seed(1)
+    bank = QuadratureFilterBank(8, 9)
+    if perturb:  # any learned state of the bank, not only the initial one
+        with torch.no_grad():
+            for p in bank.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+    k = bank.k().detach().double()
+    shift = (0.37, -0.21)  # pixels, x right / y down
+    for m in range(8):
+        imgs = torch.stack([_grating(k[m], (0, 0)), _grating(k[m], shift)])[:, None].float()
+        even, odd = bank(imgs)
+        amp, c, s = polar_decompose(even[:, m, 20, 20].detach(), odd[:, m, 20, 20].detach())
+        dphi = math.atan2(float(s[1] * c[0] - c[1] * s[0]), float(c[1] * c[0] + s[1] * s[0]))
+        want = 2 * math.pi * float(k[m, 0] * shift[0] + k[m, 1] * shift[1])
+        assert abs(dphi - want) < 0.02, (m, dphi, want)
+
+
+def test_dynamics_predict_the_phase_of_a_moving_image():
+    """Eye velocity that matches the image motion -> no phase prediction error; wrong -> error."""
+    torch.manual_seed(0)
+    bank = QuadratureFilterBank(4, 9)
+    k = bank.k().detach()
+    dt, v = 1 / 120, torch.tensor([6.0, -3.0])  # retinal motion, pixels/s (x, y down)
+    T = 8
+    frames = torch.stack([_grating(k[0].double(), (v[0] * dt * t, v[1] * dt * t)) for t in
+                          range(T)])[:, None].float()
+    even, odd = bank(frames)
+    even, odd = even[None, :, :1, 18:23, 18:23], odd[None, :, :1, 18:23, 18:23]
+    amp, c, s = polar_decompose(even, odd)
+    dyn = PolarDynamics(dt, 10.0, 40.0)
+    ones, zeros = torch.ones(1, T, 1), torch.zeros(1, T, 1)
+    right = dyn(amp, c, s, k[:1], zeros, v.expand(1, T, 2), ones, zeros)[3]
+    wrong = dyn(amp, c, s, k[:1], zeros, torch.zeros(1, T, 2), ones, zeros)[3]
+    e_right = torch.stack(right[1:]).mean() / amp.mean()
+    e_wrong = torch.stack(wrong[1:]).mean() / amp.mean()
+    assert e_right < 1e-3 and e_wrong > 20 * e_right
+
+
+def test_saccade_gate_opens_only_for_saccades():
+    enc = GazeEncoder(16, 1 / 120, 2, threshold=100.0, slope=0.05)
+    t = torch.arange(40, dtype=torch.float32) / 120
+    fix = torch.stack([0.5 * t, 0.2 * t], -1)[None]  # drift, < 1 deg/s
+    sac = fix.clone()
+    sac[0, 20:25, 0] += torch.linspace(1.6, 8, 5)  # ~400 deg/s for 5 bins
+    sac[0, 25:, 0] += 8.0
+    _, q_fix, _ = enc(fix)
+    _, q_sac, _ = enc(sac)
+    assert q_fix.max() < 0.05
+    assert q_sac[0, 21:25].min() > 0.95 and q_sac[0, 30:].max() < 0.05
+
+
+def test_jepa_loss_bounded_reaches_gradient_and_teacher_moves_only_on_update():
+    m = model("full").train()
+    stim, gaze = batch()
+    teacher = [p.clone() for p in m.jepa.teacher.parameters()]
+    out = m(stim, gaze, 0)
+    assert 0.0 <= float(out.jepa_loss) <= 2.0
+    out.jepa_loss.backward()
+    assert m.filters[0].theta.grad.abs().max() > 0  # JEPA alone trains the trunk
+    assert all(torch.equal(a, b) for a, b in zip(teacher, m.jepa.teacher.parameters()))
+    with torch.no_grad():
+        for p in m.jepa.projector.parameters():
+            p.add_(0.1)
+    m.update_teacher()
+    assert not all(torch.equal(a, b) for a, b in zip(teacher, m.jepa.teacher.parameters()))
+    m.eval()
+    assert m(stim, gaze, 0).jepa_loss is None
+
+
+def test_jepa_guard_names_both_numbers():
+    cfg = load_model_config(ROOT / "configs/model/full.yaml")
+    assert required_window_len(cfg) == 12
+    with pytest.raises(ValueError, match=r"window_len = 10 .*jepa_delta \+ min_context = 12"):
+        build_model(cfg, spec(window=10))
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="n_pair: unknown key"):
+        config_from_dict({"kind": "polar", "n_pair": 3})
+    with pytest.raises(ConfigError, match="kind"):
+        config_from_dict({"kind": "transformer"})
+    with pytest.raises(ConfigError, match="temporal"):
+        config_from_dict({"kind": "polar", "temporal": "sometimes"})
+
+
+def test_static_differs_from_minimal():
+    a, b = model("static"), model("minimal")
+    assert not hasattr(a, "dynamics") and hasattr(b, "dynamics")
+    assert a.mix[0].in_channels != b.mix[0].in_channels
+
+
+def _readme_params():
+    text = (ROOT / "README.md").read_text()
+    return {m.group(1): int(m.group(2).replace(",", ""))
+            for m in re.finditer(r"^\| `(\w+)` \|.*\| ([\d,]+) \|$", text, re.M)}
+
+
+def test_parameter_counts_match_readme(capsys):
+    counts = {}
+    for name in CONFIGS:
+        m = build_model(load_model_config(ROOT / f"configs/model/{name}.yaml"),
+                        spec(window=16, hw=(51, 51), n_units=(32,)))
+        counts[name] = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    with capsys.disabled():
+        print("\ntrainable parameters (51x51, one session of 32 units):", counts)
+    documented = _readme_params()
+    assert set(documented) == set(CONFIGS)
+    assert documented == counts
+    assert counts["full"] <= 0.75 * counts["baseline"]
+
+
+def test_bits_per_spike_matches_formula_and_oracle():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.05, 0.5, size=(5000, 4))
+    y = rng.poisson(true)
+    d = np.ones_like(y, dtype=float)
+    d[:100, 0] = 0
+    bps = bits_per_spike(true, y, d)
+    i = 1
+    rbar = y[:, i].mean()
+    manual = ((y[:, i] * np.log(true[:, i]) - true[:, i]).sum()
+              - (y[:, i] * np.log(rbar) - rbar).sum()) / (y[:, i].sum() * np.log(2))
+    assert abs(bps[i] - manual) < 1e-9
+    assert (oracle_bps(true, y, d) > 0).all()
+    flat = bits_per_spike(np.full_like(true, y.mean(0)), y, np.ones_like(d))
+    assert np.allclose(flat, 0, atol=1e-9)  # the null model itself scores 0
+    acc = BPSAccumulator(4)
+    for a in range(0, 5000, 1000):
+        acc.update(torch.tensor(true[a : a + 1000]), torch.tensor(y[a : a + 1000]),
+                   torch.tensor(d[a : a + 1000]))
+    assert np.allclose(acc.bps().numpy(), bps)
+    s = summarize_bps([0.2, -0.1, np.nan])
+    assert s["n_units"] == 2 and abs(s["mean_unclamped"] - 0.05) < 1e-12
+    assert abs(s["mean_clamped"] - 0.1) < 1e-12
