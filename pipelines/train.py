@@ -52,7 +52,7 @@ def check_window(dm: PolarDataModule, model_cfg, model_path: Path) -> None:
 def spec_of(dm: PolarDataModule) -> DataSpec:
     info = dm.info
     return DataSpec(window_len=info.window_len, rate_hz=info.rate_hz, frame_hw=info.frame_hw,
-                    n_units=info.n_units, mean_rates=info.mean_rates,
+                    ppd=info.ppd, n_units=info.n_units, mean_rates=info.mean_rates,
                     session_names=info.sessions)
 
 

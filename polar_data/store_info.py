@@ -29,6 +29,7 @@ class StoreInfo:
     mean_rates: tuple[tuple[float, ...], ...]  # spikes per bin, per unit
     rate_hz: float
     frame_hw: tuple[int, int]
+    ppd: float                          # crop pixels per degree
     has_true_rate: bool
     shards: tuple[dict, ...]            # manifest entries (name, split, n_samples, ...)
     n_windows: dict                     # split -> valid windows over all sessions
@@ -53,9 +54,10 @@ class StoreInfo:
         sess = [manifest["sessions"][n] for n in names]
         rates = {s["rate_hz"] for s in sess}
         hws = {tuple(s["frame_hw"]) for s in sess}
-        if len(rates) != 1 or len(hws) != 1:
-            raise StoreError(f"{url}: sessions differ in rate {rates} or frame size {hws}; "
-                             "build them into one store only at one rate and crop size")
+        ppds = {round(s["ppd"], 6) for s in sess}
+        if len(rates) != 1 or len(hws) != 1 or len(ppds) != 1:
+            raise StoreError(f"{url}: sessions differ in rate {rates}, frame size {hws} or "
+                             f"pixels per degree {ppds}; one store holds one geometry")
         shards = tuple(manifest["shards"])
         return cls(
             base=str(base),
@@ -68,6 +70,7 @@ class StoreInfo:
             mean_rates=tuple(tuple(float(r) for r in s["mean_rate"]) for s in sess),
             rate_hz=float(rates.pop()),
             frame_hw=hws.pop(),
+            ppd=float(ppds.pop()),
             has_true_rate=all(s["has_true_rate"] for s in sess),
             shards=shards,
             n_windows={sp: sum(s["n_windows"][sp] for s in sess) for sp in SPLITS},

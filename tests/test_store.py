@@ -212,3 +212,14 @@ def test_worker_processes_give_the_same_store(tmp_path, sources, built):
     assert _build(tmp_path, sources, out, "--workers", "2") == 0
     a, b = _tree(out), _tree(built)
     assert [k for k in a if a[k] != b.get(k)] == []
+
+
+def test_model_config_derives_or_refuses_the_window(tmp_path, sources, capsys):
+    out = tmp_path / "store"
+    full = "configs/model/full.yaml"  # jepa_delta 4 + min_context 8 = 12
+    assert _build(tmp_path, sources[:1], out, "--model-config", full, window_len=8) == 2
+    err = capsys.readouterr().err
+    assert "window_len = 8" in err and ">= 12" in err and "full.yaml" in err
+    assert _build(tmp_path, sources[:1], out, "--model-config", full, "--stage", "ingest",
+                  window_len=None) == 0
+    assert json.loads((out / "build.json").read_text())["window_len"] == 16  # max(12, 16)
