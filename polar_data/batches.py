@@ -97,12 +97,19 @@ def pad_clip(item: dict, clip_len: int) -> dict:
     return out
 
 
-def clip_item(clip: dict) -> dict:
-    """A decoded clip as one clip-mode sample, padded to the store's ``clip_len``."""
+def clip_items(clip: dict, clip_len: int | None = None) -> list[dict]:
+    """A decoded clip as clip-mode samples of ``clip_len`` targets (default: the store's),
+    each with its own ``window_len - 1`` bins of history, the last one padded."""
     meta = clip["meta"]
-    item = {"stim": clip["stim"], "eyepos": clip["eyepos"], "robs": clip["robs"],
-            "dfs": clip["dfs"], "session": meta["session_index"],
-            "end": meta["start"] + meta["n_targets"] - 1}
-    if "true_rate" in clip:
-        item["true_rate"] = clip["true_rate"]
-    return pad_clip(item, meta["clip_len"])
+    L = clip_len or meta["clip_len"]
+    n, h = meta["n_targets"], meta["window_len"] - 1
+    out = []
+    for a in range(0, n, L):
+        b = min(a + L, n)
+        item = {"stim": clip["stim"][a : b + h], "eyepos": clip["eyepos"][a : b + h],
+                "robs": clip["robs"][a:b], "dfs": clip["dfs"][a:b],
+                "session": meta["session_index"], "end": meta["start"] + b - 1}
+        if "true_rate" in clip:
+            item["true_rate"] = clip["true_rate"][a:b]
+        out.append(pad_clip(item, L))
+    return out

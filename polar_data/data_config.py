@@ -52,6 +52,7 @@ class LoaderConfig:
     kind: str = "wds"                 # "wds" (streaming shards) or "zarr" (random access)
     mode: str = "clip"                # "clip" (dense, all targets) or "window" (last bin)
     batch_size: int = 16
+    clip_len: int | None = None       # clip mode: targets per sample (None: the store's)
     eval_batch_size: int | None = None
     num_workers: int = 2
     pin_memory: bool = False

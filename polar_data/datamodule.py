@@ -47,6 +47,7 @@ class PolarDataModule(L.LightningDataModule):
                              num_workers=lc.num_workers,
                              batches_per_epoch=lc.batches_per_epoch if train else None,
                              skip_corrupt=lc.skip_corrupt, single_pass=not train,
+                             clip_len=lc.clip_len,
                              storage_options=dict(lc.storage_options))
             return DataLoader(ds, batch_size=None, **common)
         ds = ZarrWindows(self.info, split, lc.mode)

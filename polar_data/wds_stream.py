@@ -32,7 +32,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .batches import clip_item, collate, windows_from_clip
+from .batches import clip_items, collate, windows_from_clip
 from .schema import StoreError
 from .store_info import StoreInfo
 from .wds_shards import decode_clip
@@ -82,6 +82,8 @@ class ShardStream(IterableDataset):
         batches_per_epoch: per rank; default: the split's samples // (world_size x batch_size).
         single_pass: read this rank's shards once and flush partial batches (evaluation:
             every sample exactly once; batch counts may then differ between ranks).
+        clip_len: clip mode: targets per sample, cut from the stored clips (default: the
+            store's clip_len); shorter clips cost less memory per step.
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str, batch_size: int, seed: int = 0,
@@ -90,7 +92,7 @@ class ShardStream(IterableDataset):
                  world_size: int | None = None, num_workers: int = 0,
                  batches_per_epoch: int | None = None, skip_corrupt: bool = False,
                  verify_checksums: bool = True, storage_options: dict | None = None,
-                 single_pass: bool = False):
+                 single_pass: bool = False, clip_len: int | None = None):
         if mode not in ("window", "clip"):
             raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
         self.info, self.split, self.mode, self.batch_size = info, split, mode, batch_size
@@ -105,8 +107,9 @@ class ShardStream(IterableDataset):
         self.shards = info.shard_urls(split)
         if not self.shards:
             raise StoreError(f"{info.base}: no {split} shards in the manifest")
-        samples = info.n_targets[split] if mode == "window" else sum(
-            e["n_samples"] for _, e in self.shards)
+        self.clip_len = clip_len or info.clip_len
+        samples = (info.n_targets[split] if mode == "window"
+                   else info.n_targets[split] // self.clip_len)
         if batches_per_epoch is None:
             batches_per_epoch = samples // (self.world_size * batch_size)
         if batches_per_epoch < 1:
@@ -190,7 +193,7 @@ class ShardStream(IterableDataset):
             if self.shuffle:
                 items = self._buffer(items, self.window_buffer, rng)
         else:
-            items = (clip_item(c) for c in clips)
+            items = (it for c in clips for it in clip_items(c, self.clip_len))
         buckets: dict[int, list] = {}
         made = 0
         if quota == 0 and not self.single_pass:

@@ -236,3 +236,16 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
 
     with pytest.raises(ConfigError, match="kind"):
         load_data_config(cfg_path)
+
+
+def test_shorter_training_clips_are_cut_from_stored_clips(info, arrays):
+    ds = ShardStream(info, "train", "clip", batch_size=3, clip_len=4, shuffle=False,
+                     single_pass=True)
+    seen = []
+    for batch in ds:
+        assert batch["robs"].shape[1] == 4 and batch["stim"].shape[2] == 4 + W - 1
+        check_batch(batch, info, arrays, "train", "clip")
+        for b in range(len(batch["end"])):
+            n = int((batch["dfs"][b] > 0).any(1).nonzero().max()) + 1
+            seen += [(int(batch["session"][0]), int(batch["end"][b]) - k) for k in range(n)]
+    assert len(seen) == len(set(seen))
