@@ -147,8 +147,13 @@ class LocalityBatchSampler(Sampler[list[int]]):
         self.epoch = start_epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through :attr:`sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> LocalityBatchSampler:
+        """Lightning calls ``batch_sampler.sampler.set_epoch``: that is this object."""
+        return self
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Evaluate checkpoints on a store's val and test splits and write a report folder.
+
+    python pipelines/evaluate.py runs/full/checkpoints/best.ckpt runs/baseline/checkpoints/best.ckpt
+    python pipelines/evaluate.py runs/*/checkpoints/best.ckpt --out reports/demo
+
+Report (``--out``, default ``reports/latest``):
+    summary.md / summary.json   per checkpoint and split: mean BPS (unclamped, clamped),
+                                the oracle's (demo stores) and the fraction of it; per session
+    units.csv                   BPS of every unit, every checkpoint, val and test
+    bps_scatter.png             per-unit val BPS of each model against the baseline's
+    saccade_traces.png          observed vs predicted rates around saccades
+    saccade_triggered.png       saccade-triggered average response, observed vs predicted
+    filters.png                 the learned quadrature filters per level (Polar-V1 models)
+    readout_positions.png       readout Gaussian centres per session
+    training_curves.png         loss and val BPS from each run's CSV log
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from polar_data.data_config import load_data_config  # noqa: E402
+from polar_data.store_info import StoreInfo  # noqa: E402
+from polar_data.zarr_store import open_store  # noqa: E402
+from polar_model.evaluation import predict_split, score  # noqa: E402
+from polar_model.lit_module import EncodingModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ("val", "test")
+
+
+def load(ckpt: Path) -> EncodingModule:
+    module = EncodingModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    return module.eval()
+
+
+def label(ckpt: Path, module: EncodingModule) -> str:
+    return getattr(module.model_cfg, "name", ckpt.stem)
+
+
+def saccade_onsets(eyepos: np.ndarray, rate_hz: float, thresh: float = 100.0) -> np.ndarray:
+    v = np.zeros(len(eyepos))
+    v[1:] = np.linalg.norm(np.diff(eyepos, axis=0), axis=1) * rate_hz
+    fast = np.nan_to_num(v) > thresh
+    return np.flatnonzero(fast & ~np.roll(fast, 1))
+
+
+def plot_scatter(results: dict, base: str, out: Path) -> None:
+    others = [k for k in results if k != base]
+    if not others:
+        return
+    fig, axes = plt.subplots(1, len(others), figsize=(3.2 * len(others), 3.2), squeeze=False)
+    b = np.asarray(results[base]["val"]["units"])
+    for ax, name in zip(axes[0], others):
+        m = np.asarray(results[name]["val"]["units"])
+        ax.scatter(b, m, s=8, alpha=0.7)
+        lo, hi = np.nanmin([b, m]), np.nanmax([b, m])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"{base} BPS")
+        ax.set_ylabel(f"{name} BPS")
+        ax.set_title(name)
+    fig.suptitle("per-unit validation bits per spike")
+    fig.tight_layout()
+    fig.savefig(out / "bps_scatter.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
+    root = open_store(f"{info.base}/zarr")
+    name0 = next(iter(preds))
+    s = 0
+    sp = preds[name0][s]
+    eye = root[sp.name]["eyepos"][...]
+    on = saccade_onsets(eye, info.rate_hz)
+    pre, post = int(0.1 * info.rate_hz), int(0.3 * info.rate_hz)
+    ok = [o for o in on if o - pre >= 0 and o + post < len(eye) and sp.dfs[o - pre : o + post]
+          .any(1).all()]
+    t = (np.arange(-pre, post) / info.rate_hz) * 1000
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if ok:
+        obs = np.mean([sp.robs[o - pre : o + post].mean(1) for o in ok], 0) * info.rate_hz
+        ax.plot(t, obs, "k", lw=2, label=f"observed ({len(ok)} saccades)")
+        if sp.true_rate is not None:
+            tr = np.mean([sp.true_rate[o - pre : o + post].mean(1) for o in ok], 0)
+            ax.plot(t, tr * info.rate_hz, "k:", label="ground truth")
+        for name, p in preds.items():
+            pr = np.mean([p[s].rate[o - pre : o + post].mean(1) for o in ok], 0)
+            ax.plot(t, pr * info.rate_hz, label=name)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("time from saccade onset (ms)")
+    ax.set_ylabel("population mean rate (spikes/s)")
+    ax.set_title(f"saccade-triggered average, {sp.name}, validation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "saccade_triggered.png", dpi=110)
+    plt.close(fig)
+    # traces: the validation stretch with most saccades, three best-predicted units
+    if not ok:
+        return
+    o = ok[len(ok) // 2]
+    a, b = max(o - int(0.5 * info.rate_hz), 0), min(o + int(1.5 * info.rate_hz), len(eye))
+    units = np.argsort(-np.nan_to_num(sp.bps()))[:3]
+    fig, axes = plt.subplots(len(units), 1, figsize=(7, 2 * len(units)), sharex=True)
+    tt = np.arange(a, b) / info.rate_hz
+    kern = np.ones(5) / 5
+    for ax, u in zip(np.atleast_1d(axes), units):
+        ax.plot(tt, np.convolve(sp.robs[a:b, u], kern, "same") * info.rate_hz, "k",
+                label="observed (smoothed)")
+        for name, p in preds.items():
+            ax.plot(tt, p[s].rate[a:b, u] * info.rate_hz, label=name, lw=1)
+        for x in on[(on >= a) & (on < b)]:
+            ax.axvline(x / info.rate_hz, color="grey", lw=0.6, ls="--")
+        ax.set_ylabel(f"unit {u}\nspikes/s")
+    np.atleast_1d(axes)[0].legend(fontsize=7, ncol=3)
+    np.atleast_1d(axes)[-1].set_xlabel("time (s); dashed: saccade onsets")
+    fig.tight_layout()
+    fig.savefig(out / "saccade_traces.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_filters(modules: dict, out: Path) -> None:
+    polar = {k: m for k, m in modules.items() if hasattr(m.model, "filters")}
+    if not polar:
+        return
+    name, m = next(iter(polar.items()))
+    banks = m.model.filters
+    M = banks[0].theta.numel()
+    fig, axes = plt.subplots(len(banks), M, figsize=(1.1 * M, 1.2 * len(banks)),
+                             squeeze=False)
+    for lvl, bank in enumerate(banks):
+        ker = bank.kernels().detach()[:M, 0]
+        for j in range(M):
+            axes[lvl, j].imshow(ker[j], cmap="RdBu_r")
+            axes[lvl, j].axis("off")
+        axes[lvl, 0].set_title(f"level {lvl}", fontsize=7, loc="left")
+    fig.suptitle(f"{name}: even filters per level (odd = their quadrature partners)")
+    fig.tight_layout()
+    fig.savefig(out / "filters.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_readouts(modules: dict, out: Path) -> None:
+    fig, axes = plt.subplots(1, len(modules), figsize=(3 * len(modules), 3), squeeze=False)
+    for ax, (name, m) in zip(axes[0], modules.items()):
+        for s, r in enumerate(m.model.readouts):
+            mu = r.mu.detach().numpy()
+            ax.scatter(mu[:, 0], -mu[:, 1], s=8, label=m.spec.session_names[s])
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        ax.set_aspect("equal")
+        ax.set_title(name)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("readout Gaussian centres (crop coordinates, up = up)")
+    fig.tight_layout()
+    fig.savefig(out / "readout_positions.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(ckpts: dict, out: Path) -> None:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, ckpt in ckpts.items():
+        log = ckpt.parent.parent / "logs" / "metrics.csv"
+        if not log.is_file():
+            continue
+        rows = list(csv.DictReader(log.open()))
+        tr = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+        va = [(int(r["step"]), float(r["val/bps"])) for r in rows if r.get("val/bps")]
+        if tr:
+            a1.plot(*zip(*tr), label=name, lw=0.8)
+        if va:
+            a2.plot(*zip(*va), "o-", label=name)
+    a1.set_xlabel("step")
+    a1.set_ylabel("train loss")
+    a2.set_xlabel("step")
+    a2.set_ylabel("val bits/spike")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def write_summary(results: dict, out: Path) -> str:
+    lines = ["| model | split | BPS (mean) | BPS (clamped) | oracle BPS | fraction of oracle |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for split in SPLITS:
+            s = r[split]
+            orc = s.get("oracle", {}).get("mean_unclamped", float("nan"))
+            lines.append(f"| {name} | {split} | {s['bps']['mean_unclamped']:.4f} | "
+                         f"{s['bps']['mean_clamped']:.4f} | {orc:.4f} | "
+                         f"{s.get('fraction_of_oracle', float('nan')):.3f} |")
+    table = "\n".join(lines)
+    (out / "summary.md").write_text("# Evaluation\n\n" + table + "\n")
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    with open(out / "units.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "split", "unit_index", "bps", "oracle_bps"])
+        for name, r in results.items():
+            for split in SPLITS:
+                orc = r[split].get("oracle_units", [None] * len(r[split]["units"]))
+                for i, (b, o) in enumerate(zip(r[split]["units"], orc)):
+                    w.writerow([name, split, i, b, o])
+    return table
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml")
+    p.add_argument("--out", type=Path, default=ROOT / "reports/latest")
+    p.add_argument("--batch-size", type=int, default=8)
+    a = p.parse_args(argv)
+    cfg = load_data_config(a.data)
+    info = StoreInfo.load(cfg.loader.store or str(cfg.store.out_dir))
+    a.out.mkdir(parents=True, exist_ok=True)
+    modules, ckpts, results, preds = {}, {}, {}, {}
+    for ckpt in a.checkpoints:
+        if not ckpt.is_file():
+            print(f"error: {ckpt}: no such checkpoint", file=sys.stderr)
+            return 2
+        m = load(ckpt)
+        name = label(ckpt, m)
+        if name in modules:
+            name = f"{name}:{ckpt.parent.parent.name}"
+        modules[name], ckpts[name] = m, ckpt
+        results[name] = {}
+        for split in SPLITS:
+            pr = predict_split(
+                lambda b, m=m: m.model(b["stim"], b["behavior"], int(b["session"][0])).log_rate,
+                info, split, a.batch_size, progress=True)
+            results[name][split] = score(pr)
+            if split == "val":
+                preds[name] = pr
+    base = next((k for k, m in modules.items() if m.model_cfg.kind == "resnet_convgru"),
+                next(iter(modules)))
+    table = write_summary(results, a.out)
+    plot_scatter(results, base, a.out)
+    plot_saccades(preds, info, a.out)
+    plot_filters(modules, a.out)
+    plot_readouts(modules, a.out)
+    plot_curves(ckpts, a.out)
+    print(table)
+    print(f"report: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

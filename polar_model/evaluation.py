@@ -1,0 +1,98 @@
+"""Predictions over a whole split, and their scores (BPS per unit and session, oracle).
+
+Predictions are made in clip mode over the Zarr store's clip index, so every valid window of
+the split is scored exactly once, and are laid back on each session's bin grid (NaN where a
+bin is not a target) for traces and saccade-triggered averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from polar_data.store_info import StoreInfo
+from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+
+from .metrics import bits_per_spike, summarize_bps
+
+
+@dataclass
+class SessionPredictions:
+    """One session's predictions on one split, on the session's bin grid ``[T, N]``."""
+
+    name: str
+    rate: np.ndarray       # predicted expected counts per bin (NaN off-target)
+    robs: np.ndarray       # observed counts
+    dfs: np.ndarray        # mask (False off-target)
+    true_rate: np.ndarray | None
+
+    def bps(self) -> np.ndarray:
+        m = self.dfs.any(1)
+        return bits_per_spike(self.rate[m], self.robs[m], self.dfs[m])
+
+    def oracle(self) -> np.ndarray | None:
+        if self.true_rate is None:
+            return None
+        m = self.dfs.any(1)
+        return bits_per_spike(self.true_rate[m], self.robs[m], self.dfs[m])
+
+
+def predict_split(predict: Callable[[dict], torch.Tensor], info: StoreInfo, split: str,
+                  batch_size: int = 8, progress: bool = False) -> list[SessionPredictions]:
+    """Run ``predict(batch) -> log expected counts [B, L, N]`` over every clip of ``split``."""
+    from tqdm.auto import tqdm
+
+    from polar_data.zarr_store import open_store
+
+    root = open_store(f"{info.base}/zarr")
+    ds = ZarrWindows(info, split, "clip")
+    sampler = LocalityBatchSampler(ds, batch_size, shuffle=False, drop_last=False, rank=0,
+                                   world_size=1)
+    out = []
+    for s, name in enumerate(info.sessions):
+        T, N = int(root[name].attrs["n_bins"]), info.n_units[s]
+        out.append(SessionPredictions(name, np.full((T, N), np.nan, np.float32),
+                                      root[name]["robs"][...], np.zeros((T, N), bool),
+                                      np.zeros((T, N), np.float32) if info.has_true_rate
+                                      else None))
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=identity)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"predict {split}", disable=not progress):
+            rate = predict(batch).exp().numpy()
+            sp = out[int(batch["session"][0])]
+            for b in range(rate.shape[0]):
+                dfs = batch["dfs"][b].numpy() > 0
+                n = int(np.flatnonzero(dfs.any(1)).max()) + 1 if dfs.any() else 0
+                bins = np.arange(int(batch["end"][b]) - n + 1, int(batch["end"][b]) + 1)
+                sp.rate[bins] = rate[b, :n]
+                sp.dfs[bins] = dfs[:n]
+                if sp.true_rate is not None:
+                    sp.true_rate[bins] = batch["true_rate"][b, :n].numpy()
+    return out
+
+
+def score(preds: list[SessionPredictions]) -> dict:
+    """Per-session and overall BPS summaries (unclamped and clamped), oracle and ratio."""
+    sessions, units, oracle_units = {}, [], []
+    for p in preds:
+        b = p.bps()
+        o = p.oracle()
+        units.append(b)
+        entry = {"bps": summarize_bps(b)}
+        if o is not None:
+            oracle_units.append(o)
+            entry["oracle"] = summarize_bps(o)
+        sessions[p.name] = entry
+    allb = np.concatenate(units)
+    result = {"sessions": sessions, "bps": summarize_bps(allb), "units": allb.tolist()}
+    if oracle_units:
+        allo = np.concatenate(oracle_units)
+        result["oracle"] = summarize_bps(allo)
+        result["oracle_units"] = allo.tolist()
+        result["fraction_of_oracle"] = (result["bps"]["mean_unclamped"]
+                                        / result["oracle"]["mean_unclamped"])
+    return result
