@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""The experiment that matters: the six Polar-V1 configurations and the ResNet + ConvGRU
+baseline trained with equal step budgets on the demo store, scored by validation bits per
+spike, each as a ratio to the baseline and to the oracle (the ground-truth rates).
+
+    python pipelines/build_shards.py && python pipelines/bench_experiment.py --steps 100
+
+Writes ``reports/experiment/summary.md`` (the table) and each run under
+``runs/experiment/<config>``. CPU-feasible sizes: the demo data config and
+``configs/train/cpu_demo.yaml`` with ``--steps`` optimizer steps per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train import main as train_main  # noqa: E402
+
+from polar_data.data_config import load_data_config  # noqa: E402
+from polar_data.store_info import StoreInfo  # noqa: E402
+from polar_model.evaluation import predict_split, score  # noqa: E402
+from polar_model.lit_module import EncodingModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml")
+    p.add_argument("--train", type=Path, default=ROOT / "configs/train/cpu_demo.yaml")
+    p.add_argument("--configs", nargs="+", default=CONFIGS)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs/experiment")
+    p.add_argument("--out", type=Path, default=ROOT / "reports/experiment")
+    a = p.parse_args(argv)
+    tc = yaml.safe_load(a.train.read_text())
+    tc.update(max_steps=a.steps, val_every_steps=a.steps, warmup_steps=min(
+        tc.get("warmup_steps", 20), a.steps // 5))
+    a.out.mkdir(parents=True, exist_ok=True)
+    tcfg = a.out / "train.yaml"
+    tcfg.write_text(yaml.safe_dump(tc))
+    cfg = load_data_config(a.data)
+    info = StoreInfo.load(cfg.loader.store or str(cfg.store.out_dir))
+    rows = {}
+    for name in a.configs:
+        run = a.runs / name
+        t0 = time.perf_counter()
+        rc = train_main(["--data", str(a.data), "--model", str(ROOT / f"configs/model/{name}.yaml"),
+                         "--train", str(tcfg), "--out", str(run), "--no-progress"])
+        minutes = (time.perf_counter() - t0) / 60
+        if rc != 0:
+            raise SystemExit(f"training {name} failed with status {rc}")
+        m = EncodingModule.load_from_checkpoint(str(run / "checkpoints/last.ckpt"),
+                                                map_location="cpu").eval()
+        pr = predict_split(lambda b, m=m: m.model(b["stim"], b["behavior"],
+                                                  int(b["session"][0])).log_rate, info, "val")
+        rows[name] = (score(pr), minutes)
+        print(f"{name}: val BPS {rows[name][0]['bps']['mean_unclamped']:.4f} "
+              f"({minutes:.1f} min)", flush=True)
+    base = rows["baseline"][0]["bps"]["mean_unclamped"] if "baseline" in rows else None
+    lines = [f"Validation bits per spike after {a.steps} steps each (demo store, CPU).", "",
+             "| config | val BPS | clamped | x baseline | x oracle | train minutes |",
+             "|---|---|---|---|---|---|"]
+    for name, (s, minutes) in rows.items():
+        b = s["bps"]["mean_unclamped"]
+        lines.append(f"| {name} | {b:.4f} | {s['bps']['mean_clamped']:.4f} | "
+                     f"{b / base if base else float('nan'):.2f} | "
+                     f"{s.get('fraction_of_oracle', float('nan')):.2f} | {minutes:.1f} |")
+    orc = next(iter(rows.values()))[0].get("oracle", {}).get("mean_unclamped", float("nan"))
+    lines += ["", f"Oracle (ground-truth rates) val BPS: {orc:.4f}."]
+    text = "\n".join(lines)
+    (a.out / "summary.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
