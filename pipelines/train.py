@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from polar_data.config import ConfigError, load_config
 from polar_data.data_config import load_data_config
@@ -79,6 +80,9 @@ def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
     if tc.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=tc.ema_decay))
     devices = int(a.devices) if str(a.devices).isdigit() else a.devices
+    strategy = a.strategy
+    if strategy == "ddp":  # each batch uses one session's readout: the others sit unused
+        strategy = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
         default_root_dir=out, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         gradient_clip_val=tc.grad_clip, callbacks=callbacks,
@@ -87,7 +91,7 @@ def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
         val_check_interval=tc.val_every_steps, check_val_every_n_epoch=None,
         log_every_n_steps=tc.log_every_steps, precision=tc.precision,
         accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes,
-        strategy=a.strategy, use_distributed_sampler=False,  # our loaders split by rank
+        strategy=strategy, use_distributed_sampler=False,  # our loaders split by rank
         enable_progress_bar=not a.no_progress, num_sanity_val_steps=0,
     )
 

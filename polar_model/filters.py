@@ -34,8 +34,9 @@ class QuadratureFilterBank(nn.Module):
         self._sigma = nn.Parameter(torch.log(torch.expm1(0.6 / freq0)))  # ~0.6 cycles
         r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
         yy, xx = torch.meshgrid(r, r, indexing="ij")
-        self.register_buffer("xx", xx, persistent=False)
-        self.register_buffer("yy", yy, persistent=False)
+        # meshgrid returns expanded views: own memory, or DDP cannot broadcast the buffers
+        self.register_buffer("xx", xx.contiguous().clone(), persistent=False)
+        self.register_buffer("yy", yy.contiguous().clone(), persistent=False)
 
     @property
     def freq(self) -> torch.Tensor:

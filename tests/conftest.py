@@ -39,3 +39,40 @@ def tiny_store(tmp_path_factory, tiny_sources):
     out = tmp / "store"
     assert build_tiny(tmp, tiny_sources, out) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def small_demo_store(tmp_path_factory):
+    """A store built from two generated demo sessions (90 s, 21 x 21 crops of 3 deg, known
+    rates): window 12 (enough for the JEPA configs), clips of 32, many shards per split."""
+    from polar_data.demo.generate import DemoConfig, generate_session, natural_images
+    from polar_data.readers import write_nwb
+
+    d = tmp_path_factory.mktemp("demo_small")
+    cfg = DemoConfig(n_sessions=2, duration_s=90.0, crop_px=21, crop_deg=3.0, n_units=(6, 8))
+    images = natural_images()
+    paths = []
+    for i in range(2):
+        demo = generate_session(cfg, i, images)
+        paths.append(write_nwb(demo.session, d / f"demo{i}.nwb", demo.spike_times,
+                               layout="crops"))
+    out = d / "store"
+    assert build_tiny(d, paths, out, window_len=12, clip_len=32, shard_target_mb=0.05,
+                      splits={"train": 0.7, "val": 0.15, "test": 0.15}) == 0
+    return out
+
+
+def data_config(tmp_path, store, **loader):
+    """A data-config YAML pointing at ``store`` (zarr clip loader, no workers by default)."""
+    p = tmp_path / "data.yaml"
+    p.write_text(yaml.safe_dump({"loader": {"store": str(store), "kind": "zarr", "mode": "clip",
+                                            "batch_size": 4, "num_workers": 0, **loader}}))
+    return p
+
+
+def train_config(tmp_path, **kw):
+    p = tmp_path / "train.yaml"
+    base = {"lr": 1e-2, "warmup_steps": 2, "max_steps": 1000, "max_epochs": 2,
+            "val_every_steps": 1000, "log_every_steps": 1}
+    p.write_text(yaml.safe_dump({**base, **kw}))
+    return p

@@ -1,0 +1,116 @@
+"""The trainer end to end on small stores: learning, exact resume, guards, oracle, DDP."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_config, train_config
+from helpers import load_pipeline
+
+from polar_data.store_info import StoreInfo
+from polar_model.evaluation import predict_split, score
+
+ROOT = Path(__file__).resolve().parents[1]
+train = load_pipeline("train")
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def _val_nll(module, data_cfg) -> float:
+    import lightning as L
+
+    from polar_data.data_config import load_data_config
+    from polar_data.datamodule import PolarDataModule
+
+    dm = PolarDataModule(load_data_config(data_cfg))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
+
+
+def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
+    from polar_model.lit_module import EncodingModule
+
+    data = data_config(tmp_path, small_demo_store)
+    run = tmp_path / "run"
+    assert train.main(["--data", str(data), "--model", str(ROOT / "configs/model/minimal.yaml"),
+                       "--train", str(train_config(tmp_path, max_epochs=2)), "--out", str(run),
+                       "--no-progress"]) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    trained = EncodingModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    fresh = EncodingModule(**{k: trained.hparams[k] for k in ("model_cfg", "spec", "train_cfg")})
+    before, after = _val_nll(fresh, data), _val_nll(trained, data)
+    assert after < before - 1e-3, (before, after)
+
+
+def test_resume_reproduces_the_next_step(tmp_path, small_demo_store):
+    data = data_config(tmp_path, small_demo_store)
+    model = str(ROOT / "configs/model/behavior.yaml")
+    whole, half, resumed = tmp_path / "whole", tmp_path / "half", tmp_path / "resumed"
+    args = ["--data", str(data), "--model", model, "--no-progress"]
+    assert train.main([*args, "--train", str(train_config(tmp_path, max_epochs=2)),
+                       "--out", str(whole)]) == 0
+    tc1 = tmp_path / "one"
+    tc1.mkdir()
+    assert train.main([*args, "--train", str(train_config(tc1, max_epochs=1)),
+                       "--out", str(half)]) == 0
+    assert train.main([*args, "--train", str(train_config(tmp_path, max_epochs=2)),
+                       "--out", str(resumed), "--resume",
+                       str(half / "checkpoints" / "last.ckpt")]) == 0
+    a, b = _losses(whole), _losses(resumed)
+    first_resumed = min(b)
+    assert first_resumed > 0 and first_resumed in a
+    assert abs(a[first_resumed] - b[first_resumed]) < 1e-6 * max(1.0, abs(a[first_resumed]))
+
+
+def test_jepa_guard_refuses_a_short_window_store(tmp_path, tiny_store, capsys):
+    data = data_config(tmp_path, tiny_store)  # window_len 6 < 4 + 8
+    rc = train.main(["--data", str(data), "--model", str(ROOT / "configs/model/full.yaml"),
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "window_len = 6" in err and ">= 12" in err and str(tiny_store) in err
+    assert "build_shards.py --model-config" in err
+
+
+def test_oracle_predictions_score_the_oracle(small_demo_store):
+    info = StoreInfo.load(str(small_demo_store))
+    preds = predict_split(lambda b: torch.log(b["true_rate"].clamp_min(1e-12)), info, "val")
+    s = score(preds)
+    np.testing.assert_allclose(s["units"], s["oracle_units"], rtol=1e-5, atol=1e-7,
+                               equal_nan=True)  # float32 exp(log(r)) round trip
+    assert s["oracle"]["mean_unclamped"] > 0.05
+    assert abs(s["fraction_of_oracle"] - 1) < 1e-5
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_uneven_shards_finish(tmp_path, small_demo_store):
+    import json
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(small_demo_store, store, ignore=shutil.ignore_patterns("zarr", "sessions"))
+    manifest = json.loads((store / "manifest.json").read_text())
+    train_shards = [e for e in manifest["shards"] if e["split"] == "train"]
+    if len(train_shards) % 2 == 0:  # make the two ranks' shard counts differ
+        manifest["shards"].remove(train_shards[-1])
+        (store / "manifest.json").write_text(json.dumps(manifest))
+    assert len(StoreInfo.load(str(store)).shard_urls("train")) % 2 == 1
+    data = data_config(tmp_path, store, kind="wds", num_workers=1, clip_len=16)
+    cmd = [sys.executable, str(ROOT / "pipelines/train.py"), "--data", str(data),
+           "--model", str(ROOT / "configs/model/minimal.yaml"),
+           "--train", str(train_config(tmp_path, max_epochs=1, max_steps=6)),
+           "--out", str(tmp_path / "ddp"), "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
