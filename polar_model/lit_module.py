@@ -117,7 +117,10 @@ class EncodingModule(L.LightningModule):
         out = self(batch)
         robs, dfs = self.targets(batch)
         session = self.spec.session_names[int(batch["session"][0])]
-        nll = masked_poisson_nll(out.log_rate, robs, dfs)
+        try:
+            nll = masked_poisson_nll(out.log_rate, robs, dfs)
+        except FloatingPointError:
+            nll = torch.tensor(math.nan)
         loss = nll
         if out.jepa_loss is not None:
             loss = nll + self.lambda_jepa * out.jepa_loss

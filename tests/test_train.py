@@ -114,3 +114,43 @@ def test_ddp_two_cpu_processes_on_uneven_shards_finish(tmp_path, small_demo_stor
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_non_finite_loss_fails_loudly_naming_the_session(small_demo_store):
+    from polar_model.lit_module import EncodingModule, TrainConfig
+    from polar_model.spec import DataSpec
+
+    info = StoreInfo.load(str(small_demo_store))
+    spec = DataSpec(info.window_len, info.rate_hz, info.frame_hw, info.ppd, info.n_units,
+                    info.mean_rates, info.sessions)
+    from polar_model.config import load_model_config
+
+    module = EncodingModule.create(load_model_config(ROOT / "configs/model/static.yaml"), spec,
+                                   TrainConfig())
+    from polar_data.zarr_windows import ZarrWindows
+
+    batch = ZarrWindows(info, "train", "clip").__getitems__([0])
+    batch["stim"][0, 0, -1, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=info.sessions[0]):
+        module._loss(batch, "train")
+
+
+def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store):
+    data = data_config(tmp_path, small_demo_store)
+    run = tmp_path / "run"
+    assert train.main(["--data", str(data), "--model", str(ROOT / "configs/model/static.yaml"),
+                       "--train", str(train_config(tmp_path, max_steps=4, val_every_steps=2,
+                                                   ema_decay=0.9)),
+                       "--out", str(run), "--no-progress"]) == 0
+    evaluate = load_pipeline("evaluate")
+    out = tmp_path / "report"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert evaluate.main([str(ckpt), "--data", str(data), "--out", str(out)]) == 0
+    for f in ("summary.md", "summary.json", "units.csv", "saccade_triggered.png",
+              "filters.png", "readout_positions.png", "training_curves.png"):
+        assert (out / f).is_file(), f
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["static"]["val"]["oracle"]["mean_unclamped"] > 0
+    assert "| static | test |" in (out / "summary.md").read_text()
