@@ -51,8 +51,8 @@ def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
 
 
 def test_resume_reproduces_the_next_step(tmp_path, small_demo_store):
-    data = data_config(tmp_path, small_demo_store)
-    model = str(ROOT / "configs/model/behavior.yaml")
+    data = data_config(tmp_path, small_demo_store, batch_size=16)
+    model = str(ROOT / "configs/model/static_jepa.yaml")  # its JEPA teacher must resume too
     whole, half, resumed = tmp_path / "whole", tmp_path / "half", tmp_path / "resumed"
     args = ["--data", str(data), "--model", model, "--no-progress"]
     assert train.main([*args, "--train", str(train_config(tmp_path, max_epochs=2)),
