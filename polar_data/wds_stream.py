@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Iterator
 
 import fsspec
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
@@ -211,8 +210,3 @@ class ShardStream(IterableDataset):
             if b:
                 yield collate(b, self.info.pixel_mean, self.info.pixel_std)
 
-
-def seed_everything_for_worker(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: numpy's global RNG is not used by the loaders, but keep
-    forked workers from sharing one numpy seed for any user code that does."""
-    np.random.seed(torch.initial_seed() % 2**32)
