@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from ..checksum import sha256_file
+from ..filters import segments
 from ..session import Provenance, Session, SessionError
 
 REQUIRED = ("stim", "robs", "eyepos", "dpi_valid", "trial_inds", "t_bins")
@@ -61,9 +62,7 @@ def bins_in_intervals(t: np.ndarray, dt: float, intervals) -> np.ndarray:
 def mask_to_intervals(t: np.ndarray, dt: float, mask: np.ndarray) -> list[list[float]]:
     """Runs of True in ``mask`` [T] as ``[t_first, t_last + dt]`` intervals (seconds); the
     inverse of :func:`bins_in_intervals` on the same bin grid."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    a, b = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    return [[float(t[i]), float(t[j - 1] + dt)] for i, j in zip(a, b)]
+    return [[float(t[i]), float(t[j - 1] + dt)] for i, j in segments(mask)]
 
 
 def median_rate(t: np.ndarray, trial: np.ndarray) -> float:
