@@ -3,11 +3,11 @@
 baseline trained with equal step budgets on the demo store, scored by validation bits per
 spike, each as a ratio to the baseline and to the oracle (the ground-truth rates).
 
-    python pipelines/build_shards.py && python pipelines/bench_experiment.py --steps 100
+    python pipelines/build_shards.py && python pipelines/bench_experiment.py --steps 200
 
 Writes ``reports/experiment/summary.md`` (the table) and each run under
-``runs/experiment/<config>`` (a finished run is reused). CPU-feasible sizes: the demo data
-config and ``configs/train/cpu_demo.yaml`` with ``--steps`` optimizer steps per model. The
+``runs/experiment/steps<N>-lr<lr>/<config>`` (a finished run is reused). CPU-feasible
+sizes: the demo data config and ``configs/train/cpu_demo.yaml`` with ``--steps`` optimizer steps per model. The
 score is the trainer's validation pass after the last step (every val target once); the
 oracle is the ground-truth rates scored on the same targets.
 """
@@ -47,7 +47,9 @@ CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-2,
+                   help="peak learning rate for every model (equal budgets, one schedule)")
     p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml")
     p.add_argument("--train", type=Path, default=ROOT / "configs/train/cpu_demo.yaml")
     p.add_argument("--configs", nargs="+", default=CONFIGS)
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports/experiment")
     a = p.parse_args(argv)
     tc = yaml.safe_load(a.train.read_text())
-    tc.update(max_steps=a.steps, val_every_steps=a.steps, warmup_steps=min(
+    tc.update(max_steps=a.steps, val_every_steps=a.steps, lr=a.lr, warmup_steps=min(
         tc.get("warmup_steps", 20), a.steps // 5))
     a.out.mkdir(parents=True, exist_ok=True)
     tcfg = a.out / "train.yaml"
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     oracle = score(predict_split(lambda b: b["true_rate"].clamp_min(1e-12).log(), info,
                                  "val"))["oracle"]
     for name in a.configs:
-        run = a.runs / name
+        run = a.runs / f"steps{a.steps}-lr{a.lr:g}" / name
         t0 = time.perf_counter()
         done = final_val(run)
         if done is None or int(done["step"]) < a.steps - 1:
