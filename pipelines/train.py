@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -98,6 +99,9 @@ def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    # Our train loaders skip the batches a mid-epoch checkpoint already trained on
+    # (PolarDataModule._done_in_epoch), so Lightning's "not resumable" warning is moot.
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
     try:
         data_cfg = load_data_config(a.data)
         model_cfg = load_model_config(a.model)

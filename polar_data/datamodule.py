@@ -35,6 +35,16 @@ class PolarDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
+    def _done_in_epoch(self, batches_per_epoch: int) -> int:
+        """Batches of the current epoch already trained: non-zero only when Lightning has
+        restored a checkpoint saved mid-epoch (one optimizer step per batch, every epoch
+        ``batches_per_epoch`` long, so ``global_step = epoch x batches_per_epoch + done``)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        done = int(trainer.global_step) - self._start_epoch() * batches_per_epoch
+        return done if 0 < done < batches_per_epoch else 0
+
     def loader(self, split: str, train: bool) -> DataLoader:
         lc = self.cfg.loader
         bs = lc.batch_size if train else (lc.eval_batch_size or lc.batch_size)
@@ -49,11 +59,15 @@ class PolarDataModule(L.LightningDataModule):
                              skip_corrupt=lc.skip_corrupt, single_pass=not train,
                              clip_len=lc.clip_len,
                              storage_options=dict(lc.storage_options))
+            if train:
+                ds.skip_batches = self._done_in_epoch(len(ds))
             return DataLoader(ds, batch_size=None, **common)
         ds = ZarrWindows(self.info, split, lc.mode)
         sampler = LocalityBatchSampler(ds, bs, seed=lc.seed, shuffle=train,
                                        blocks_per_batch=lc.blocks_per_batch, drop_last=train,
                                        start_epoch=self._start_epoch())
+        if train:
+            sampler.skip_batches = self._done_in_epoch(len(sampler))
         return DataLoader(ds, batch_sampler=sampler, collate_fn=identity, **common)
 
     def train_dataloader(self) -> DataLoader:

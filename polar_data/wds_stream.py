@@ -83,6 +83,10 @@ class ShardStream(IterableDataset):
             every sample exactly once; batch counts may then differ between ranks).
         clip_len: clip mode: targets per sample, cut from the stored clips (default: the
             store's clip_len); shorter clips cost less memory per step.
+        skip_batches: batches of the first epoch (``start_epoch``) already trained, counted
+            in the DataLoader's order (worker ``i % num_workers`` makes batch ``i``): they are
+            drawn but not yielded, so a run resumed mid-epoch sees the rest of the epoch in
+            the order an uninterrupted run would.
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str, batch_size: int, seed: int = 0,
@@ -91,7 +95,8 @@ class ShardStream(IterableDataset):
                  world_size: int | None = None, num_workers: int = 0,
                  batches_per_epoch: int | None = None, skip_corrupt: bool = False,
                  verify_checksums: bool = True, storage_options: dict | None = None,
-                 single_pass: bool = False, clip_len: int | None = None):
+                 single_pass: bool = False, clip_len: int | None = None,
+                 skip_batches: int = 0):
         if mode not in ("window", "clip"):
             raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
         self.info, self.split, self.mode, self.batch_size = info, split, mode, batch_size
@@ -116,6 +121,7 @@ class ShardStream(IterableDataset):
                              f"one batch of {batch_size} on each of {self.world_size} rank(s)")
         self.batches_per_epoch = batches_per_epoch
         self.single_pass = single_pass
+        self.skip_batches = skip_batches
         self._iterations = 0
 
     def __len__(self) -> int:
@@ -178,9 +184,15 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.start_epoch + self._iterations
-        self._iterations += 1
         wi = get_worker_info()
         worker, n_workers = (0, 1) if wi is None else (wi.id, wi.num_workers)
+        skipped = 0 if self._iterations else self.skip_batches
+        self._iterations += 1
+        # The DataLoader takes batch i from worker i % n_workers, starting at worker 0: after
+        # skipping k batches, worker w plays the part of worker (w + k) % n_workers and drops
+        # that part's batches below k.
+        worker = (worker + skipped) % n_workers
+        skip = max(0, -(-(skipped - worker) // n_workers))
         quota = self.batches_per_epoch // n_workers + (
             worker < self.batches_per_epoch % n_workers)
         rng = random.Random(f"{self.seed}:{epoch}:{self.rank}:{worker}")
@@ -201,9 +213,10 @@ class ShardStream(IterableDataset):
             b = buckets.setdefault(it["session"], [])
             b.append(it)
             if len(b) == self.batch_size:
-                yield collate(b, self.info.pixel_mean, self.info.pixel_std)
                 buckets[it["session"]] = []
                 made += 1
+                if made > skip:
+                    yield collate(b, self.info.pixel_mean, self.info.pixel_std)
                 if made == quota and not self.single_pass:
                     return
         for b in buckets.values():  # single pass: the remainders too

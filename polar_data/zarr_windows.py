@@ -133,18 +133,21 @@ class LocalityBatchSampler(Sampler[list[int]]):
     shuffled and cut into batches (a leftover joins the next group, so a batch reads at most
     2 x ``blocks_per_batch`` blocks); all batches of all sessions are then shuffled together.
     With several ranks, rank r takes batches r, r + world, ... and all ranks get the same
-    count. ``shuffle=False`` gives entries in index order (evaluation).
+    count. ``shuffle=False`` gives entries in index order (evaluation). ``skip_batches``: batches
+    of the first epoch already trained (a run resumed mid-epoch); the length stays the
+    epoch's full count, as Lightning counts the skipped batches as done.
     """
 
     def __init__(self, dataset: ZarrWindows, batch_size: int, seed: int = 0,
                  shuffle: bool = True, blocks_per_batch: int = 4, drop_last: bool = True,
-                 rank: int | None = None, world_size: int | None = None, start_epoch: int = 0):
+                 rank: int | None = None, world_size: int | None = None, start_epoch: int = 0,
+                 skip_batches: int = 0):
         self.ds, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
         self.blocks_per_batch, self.drop_last = blocks_per_batch, drop_last
         r, w = dist_rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
-        self.epoch = start_epoch
+        self.epoch, self.skip_batches = start_epoch, skip_batches
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch (through :attr:`sampler`)."""
@@ -186,7 +189,8 @@ class LocalityBatchSampler(Sampler[list[int]]):
         return mine
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        skip, self.skip_batches = self.skip_batches, 0
+        yield from self._batches()[skip:]
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -126,6 +126,31 @@ def test_epochs_differ_and_are_reproducible(info):
     assert list(s) != e0
 
 
+def _keys(batches):
+    return [(int(b["session"][0]), *b["end"].tolist()) for b in batches]
+
+
+@pytest.mark.parametrize("skip", [1, 4])
+def test_mid_epoch_resume_skips_exactly_the_trained_batches(info, skip):
+    """Two workers interleave batches; skipping k of them then continuing into the next epoch
+    gives the uninterrupted order from batch k on."""
+    def stream(start_epoch=0, skip_batches=0):
+        ds = ShardStream(info, "train", "window", batch_size=4, seed=5, num_workers=2,
+                         batches_per_epoch=7, start_epoch=start_epoch,
+                         skip_batches=skip_batches)
+        return DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+
+    whole = stream()
+    want = [_keys(whole), _keys(whole)]
+    resumed = stream(skip_batches=skip)
+    got = [_keys(resumed), _keys(resumed)]
+    assert len(want[0]) == 7 and got[0] == want[0][skip:] and got[1] == want[1]
+    zs = ZarrWindows(info, "train", "window")
+    full = list(LocalityBatchSampler(zs, 8, seed=3))
+    s = LocalityBatchSampler(zs, 8, seed=3, skip_batches=skip)
+    assert len(s) == len(full) and list(s) == full[skip:] and list(s) == full
+
+
 def test_memory_does_not_grow_over_an_epoch(info):
     ds = ShardStream(info, "train", "window", batch_size=4, batches_per_epoch=400)
     it = iter(ds)

@@ -50,24 +50,51 @@ def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
     assert after < before - 1e-3, (before, after)
 
 
-def test_resume_reproduces_the_next_step(tmp_path, small_demo_store):
+class _Preempted(Exception):
+    """Stands in for a cluster job killed mid-epoch."""
+
+
+def test_resume_mid_epoch_reproduces_the_rest_of_the_run(tmp_path, small_demo_store,
+                                                         monkeypatch):
+    """Kill a run in the middle of its first epoch, just after the validation that saved
+    ``last.ckpt``; resume from it: every later step (the rest of that epoch, then the whole
+    second one) has the uninterrupted run's loss, so optimizer, schedule, JEPA teacher and
+    data order all resumed exactly."""
+    import lightning as L
+
+    from polar_data.data_config import load_data_config
+    from polar_data.datamodule import PolarDataModule
+
     data = data_config(tmp_path, small_demo_store, batch_size=16)
+    per_epoch = len(PolarDataModule(load_data_config(data)).train_dataloader())
+    stop = per_epoch // 2
     model = str(ROOT / "configs/model/static_jepa.yaml")  # its JEPA teacher must resume too
     whole, half, resumed = tmp_path / "whole", tmp_path / "half", tmp_path / "resumed"
-    args = ["--data", str(data), "--model", model, "--no-progress"]
-    assert train.main([*args, "--train", str(train_config(tmp_path, max_epochs=2)),
-                       "--out", str(whole)]) == 0
-    tc1 = tmp_path / "one"
-    tc1.mkdir()
-    assert train.main([*args, "--train", str(train_config(tc1, max_epochs=1)),
-                       "--out", str(half)]) == 0
-    assert train.main([*args, "--train", str(train_config(tmp_path, max_epochs=2)),
-                       "--out", str(resumed), "--resume",
+    tc = str(train_config(tmp_path, max_epochs=2, val_every_steps=stop))
+    args = ["--data", str(data), "--model", model, "--train", tc, "--no-progress"]
+    assert train.main([*args, "--out", str(whole)]) == 0
+
+    class KillAfterCheckpoint(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            if trainer.global_step == stop:  # validation at `stop` has saved last.ckpt
+                raise _Preempted
+
+    make = train.make_trainer
+    monkeypatch.setattr(train, "make_trainer", lambda *a: _with(make(*a), KillAfterCheckpoint()))
+    with pytest.raises(_Preempted):
+        train.main([*args, "--out", str(half)])
+    monkeypatch.undo()
+    assert train.main([*args, "--out", str(resumed), "--resume",
                        str(half / "checkpoints" / "last.ckpt")]) == 0
     a, b = _losses(whole), _losses(resumed)
-    first_resumed = min(b)
-    assert first_resumed > 0 and first_resumed in a
-    assert abs(a[first_resumed] - b[first_resumed]) < 1e-6 * max(1.0, abs(a[first_resumed]))
+    assert min(b) == stop and set(b) == {s for s in a if s >= stop}, (stop, sorted(b))
+    for s in b:
+        assert abs(a[s] - b[s]) < 1e-6 * max(1.0, abs(a[s])), (s, a[s], b[s])
+
+
+def _with(trainer, callback):
+    trainer.callbacks.insert(0, callback)
+    return trainer
 
 
 def test_jepa_guard_refuses_a_short_window_store(tmp_path, tiny_store, capsys):
