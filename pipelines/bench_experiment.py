@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-2,
-                   help="peak learning rate for every model (equal budgets, one schedule)")
+    p.add_argument("--lr", type=float,
+                   help="peak learning rate for every model (default: the train config's)")
     p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml")
     p.add_argument("--train", type=Path, default=ROOT / "configs/train/cpu_demo.yaml")
     p.add_argument("--configs", nargs="+", default=CONFIGS)
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "reports/experiment")
     a = p.parse_args(argv)
     tc = yaml.safe_load(a.train.read_text())
-    tc.update(max_steps=a.steps, val_every_steps=a.steps, lr=a.lr, warmup_steps=min(
+    lr = a.lr if a.lr is not None else float(tc["lr"])
+    tc.update(max_steps=a.steps, val_every_steps=a.steps, lr=lr, warmup_steps=min(
         tc.get("warmup_steps", 20), a.steps // 5))
     a.out.mkdir(parents=True, exist_ok=True)
     tcfg = a.out / "train.yaml"
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     oracle = score(predict_split(lambda b: b["true_rate"].clamp_min(1e-12).log(), info,
                                  "val"))["oracle"]
     for name in a.configs:
-        run = a.runs / f"steps{a.steps}-lr{a.lr:g}" / name
+        run = a.runs / f"steps{a.steps}-lr{lr:g}" / name
         t0 = time.perf_counter()
         done = final_val(run)
         if done is None or int(done["step"]) < a.steps - 1:
