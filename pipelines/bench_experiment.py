@@ -70,29 +70,35 @@ def main(argv=None) -> int:
                                  "val"))["oracle"]
     for name in a.configs:
         run = a.runs / f"steps{a.steps}-lr{lr:g}" / name
-        t0 = time.perf_counter()
         done = final_val(run)
         if done is None or int(done["step"]) < a.steps - 1:
+            t0 = time.perf_counter()
             rc = train_main(["--data", str(a.data), "--model",
                              str(ROOT / f"configs/model/{name}.yaml"), "--train", str(tcfg),
                              "--out", str(run), "--no-progress"])
             if rc != 0:
                 raise SystemExit(f"training {name} failed with status {rc}")
+            (run / "train_minutes.txt").write_text(f"{(time.perf_counter() - t0) / 60:.2f}\n")
             done = final_val(run)
-        minutes = (time.perf_counter() - t0) / 60
+        timing = run / "train_minutes.txt"
+        minutes = float(timing.read_text()) if timing.is_file() else float("nan")
         rows[name] = (float(done["val/bps"]), float(done["val/bps_clamped"]), minutes)
         print(f"{name}: val BPS {rows[name][0]:.4f} ({minutes:.1f} min)", flush=True)
     base = rows["baseline"][0] if "baseline" in rows else None
     orc = oracle["mean_unclamped"]
-    lines = [f"Validation bits per spike after {a.steps} steps each (demo store, CPU).", "",
-             "| config | val BPS | clamped | x baseline | x oracle | minutes |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Validation bits per spike after {a.steps} steps each at peak lr {lr:g} "
+             "(demo store, CPU).", "",
+             "| config | val BPS | clamped | x baseline | - baseline | x oracle | minutes |",
+             "|---|---|---|---|---|---|---|"]
     for name, (b, clamped, minutes) in rows.items():
-        lines.append(f"| {name} | {b:.4f} | {clamped:.4f} | "
-                     f"{b / base if base else float('nan'):.2f} | {b / orc:.2f} | "
-                     f"{minutes:.1f} |")
-    lines += ["", f"Oracle (ground-truth rates) val BPS: {orc:.4f}; x baseline is undefined "
-              "in sign when the baseline's BPS is negative."]
+        ratio = f"{b / base:.2f}" if base is not None and base > 0 else "n/a"
+        diff = f"{b - base:+.4f}" if base is not None else "n/a"
+        lines.append(f"| {name} | {b:.4f} | {clamped:.4f} | {ratio} | {diff} | {b / orc:.2f} "
+                     f"| {minutes:.1f} |")
+    lines += ["", f"Oracle (ground-truth rates) val BPS: {orc:.4f}. The ratio to the baseline "
+              "is given only when the baseline's BPS is positive (a ratio to a loss to the "
+              "mean-rate null model has no meaning); '- baseline' is the difference in bits "
+              "per spike. Minutes: wall time of the training run when it was made."]
     text = "\n".join(lines)
     (a.out / "summary.md").write_text(text + "\n")
     print(text)
