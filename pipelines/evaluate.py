@@ -12,6 +12,8 @@ Report (``--out``, default ``reports/latest``):
     saccade_traces.png          observed vs predicted rates around saccades
     saccade_triggered.png       saccade-triggered average response, observed vs predicted
     filters.png                 the learned quadrature filters per level (Polar-V1 models)
+    saccade_gain.png            learned saccade-locked gain per unit (behaviour models), with
+                                the demo's ground-truth curve on demo stores
     readout_positions.png       readout Gaussian centres per session
     training_curves.png         loss and val BPS from each run's CSV log
 """
@@ -31,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from polar_data.data_config import load_data_config  # noqa: E402
+from polar_data.demo.population import PopulationParams, saccade_gain_curve  # noqa: E402
 from polar_data.store_info import StoreInfo  # noqa: E402
 from polar_data.zarr_store import open_store  # noqa: E402
 from polar_model.evaluation import predict_split, score  # noqa: E402
@@ -150,6 +153,33 @@ def plot_filters(modules: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_saccade_gain(modules: dict, info: StoreInfo, out: Path) -> None:
+    """Gain exp(kernel) against time after saccade onset: every unit thin, median thick."""
+    beh = {k: m for k, m in modules.items() if hasattr(m.model, "saccade_gain")}
+    if not beh:
+        return
+    fig, axes = plt.subplots(1, len(beh), figsize=(4 * len(beh), 3), squeeze=False)
+    for ax, (name, m) in zip(axes[0], beh.items()):
+        gains = np.concatenate([np.exp(sg.kernel.detach().numpy())
+                                for sg in m.model.saccade_gain])  # [units, K]
+        ms = np.arange(gains.shape[1]) / info.rate_hz * 1000
+        ax.plot(ms, gains.T, color="C0", lw=0.4, alpha=0.3)
+        ax.plot(ms, np.median(gains, 0), color="C0", lw=2, label="learned (median unit)")
+        if info.has_true_rate:
+            p = PopulationParams()
+            ax.plot(ms, saccade_gain_curve(len(ms), info.rate_hz, p.saccade_suppression,
+                                           p.saccade_enhancement),
+                    "k--", lw=1.5, label="demo ground truth")
+        ax.axhline(1.0, color="0.6", lw=0.8)
+        ax.set_xlabel("time after saccade onset (ms)")
+        ax.set_ylabel("rate gain")
+        ax.set_title(f"{name}: saccade-locked gain", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "saccade_gain.png", dpi=110)
+    plt.close(fig)
+
+
 def plot_readouts(modules: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, len(modules), figsize=(3 * len(modules), 3), squeeze=False)
     for ax, (name, m) in zip(axes[0], modules.items()):
@@ -249,6 +279,7 @@ def main(argv=None) -> int:
     plot_scatter(results, base, a.out)
     plot_saccades(preds, info, a.out)
     plot_filters(modules, a.out)
+    plot_saccade_gain(modules, info, a.out)
     plot_readouts(modules, a.out)
     plot_curves(ckpts, a.out)
     print(table)

@@ -33,6 +33,7 @@ class PolarConfig:
     saccade_slope_s_deg: float = 0.05       # initial gate slope beta (learned, positive)
     lambda_fix: float = 10.0        # amplitude relaxation rate in fixation (1/s)
     lambda_sac: float = 40.0        # ... during saccades (1/s)
+    saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
     readout_dim: int = 16           # per-level feature channels fed to the readout
     readout_sigma: float = 0.25     # initial Gaussian std (fraction of the half-width)
     use_jepa: bool = False
@@ -47,6 +48,8 @@ class PolarConfig:
                     "jepa_delta", "min_context", "jepa_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.saccade_kernel_ms <= 0:
+            raise ValueError(f"saccade_kernel_ms: must be > 0, got {self.saccade_kernel_ms}")
         if self.filter_size % 2 == 0:
             raise ValueError(f"filter_size: must be odd, got {self.filter_size}")
         if not 0 < self.jepa_ema < 1:

@@ -106,3 +106,42 @@ class BehaviorEncoder(nn.Module):
         gamma = 1.0 + F.softplus(self.g_head(code))
         rho = 0.1 * torch.tanh(self.r_head(code))
         return q, v_eff, gamma, rho
+
+
+def raised_cosines(n_bins: int, spacing: int) -> torch.Tensor:
+    """Raised-cosine bumps ``[n_bins, J]`` centred every ``spacing`` bins from 0, each
+    ``spacing`` bins half-wide: smooth, and summing to 1 between the first and last centre."""
+    k = torch.arange(n_bins, dtype=torch.float32)[:, None]
+    centres = torch.arange(0, n_bins - 1 + spacing, spacing, dtype=torch.float32)[None]
+    x = ((k - centres) * math.pi / spacing).clamp(-math.pi, math.pi)
+    return 0.5 * (1 + torch.cos(x))
+
+
+class SaccadeGain(nn.Module):
+    """Saccade-locked gain of each unit's rate: saccadic suppression and post-saccadic
+    enhancement, as a causal kernel over time since saccade onset.
+
+    Onset evidence is the rising edge of the saccade gate, ``o_t = max(q_t - q_{t-1}, 0)``
+    (``o_0 = 0``); unit n's log gain is ``sum_k kernel[n, k] o_{t-k}`` for k = 0 .. K-1 bins
+    after onset. Each kernel is a weighted sum of raised cosines ``spacing`` bins apart
+    (smooth: a gate rising over two bins cannot tell a kernel from one that alternates bin by
+    bin), weights starting at zero (gain 1). The output ``[B, T, N]`` is added to the log
+    expected counts; onsets before the window are not seen.
+    """
+
+    def __init__(self, n_units: int, n_bins: int, spacing: int):
+        super().__init__()
+        self.register_buffer("basis", raised_cosines(n_bins, max(1, spacing)), persistent=False)
+        self.weight = nn.Parameter(torch.zeros(n_units, self.basis.shape[1]))
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """Log gain ``[N, K]`` at k = 0 .. K-1 bins after an onset."""
+        return self.weight @ self.basis.t()
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """q ``[B, T, 1]`` saccade gate in [0, 1] -> log gain ``[B, T, N]``."""
+        onset = F.pad((q[:, 1:, 0] - q[:, :-1, 0]).clamp_min(0), (1, 0))  # [B, T]
+        K = self.basis.shape[0]
+        x = F.pad(onset[:, None], (K - 1, 0))                                # past side only
+        return F.conv1d(x, self.kernel.flip(1)[:, None]).transpose(1, 2)

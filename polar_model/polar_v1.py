@@ -10,7 +10,7 @@ from .base import EncodingModel, ModelOutput
 from .config import PolarConfig
 from .dynamics import PolarDynamics
 from .filters import QuadratureFilterBank
-from .gaze import BehaviorEncoder, GazeEncoder
+from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
 from .jepa import JEPA
 from .polar import polar_decompose
 from .pyramid import LaplacianPyramid
@@ -25,7 +25,8 @@ class PolarV1(EncodingModel):
     * recurrent: :class:`PolarDynamics` (gaze-driven when ``use_behavior``) + 9 temporal
       summaries per pair; static: the current frame's amplitude, even and odd responses only.
     * Behaviour: raw gaze -> :class:`GazeEncoder` -> :class:`BehaviorEncoder` -> saccade
-      gate, retinal velocity, phase gains and offsets for the dynamics.
+      gate, retinal velocity, phase gains and offsets for the dynamics; and per session a
+      :class:`SaccadeGain` (each unit's saccade-locked log gain, from the gate's onsets).
     * Per level a shared 1x1 conv maps the summaries to ``readout_dim`` channels; each session
       has its own :class:`MultiLevelGaussianReadout`.
     * JEPA (``use_jepa``): on the per-step spatially pooled features (training mode only).
@@ -49,6 +50,9 @@ class PolarV1(EncodingModel):
             self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,
                                     cfg.saccade_threshold_deg_s, cfg.saccade_slope_s_deg)
             self.behavior = BehaviorEncoder(cfg.beh_dim, S, M)
+            k = max(1, round(cfg.saccade_kernel_ms / 1000 * spec.rate_hz))
+            spacing = round(0.015 * spec.rate_hz)  # 15 ms between basis bumps
+            self.saccade_gain = nn.ModuleList(SaccadeGain(n, k, spacing) for n in spec.n_units)
         self.mix = nn.ModuleList(nn.Conv2d(n_feat * M, cfg.readout_dim, 1) for _ in range(S))
         self.readouts = nn.ModuleList(
             MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, cfg.readout_sigma)
@@ -56,16 +60,13 @@ class PolarV1(EncodingModel):
         self.jepa = (JEPA(S * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
                           cfg.jepa_ema) if cfg.use_jepa else None)
 
-    def level_features(self, stim: torch.Tensor, behavior: torch.Tensor, first: int = 0
+    def level_features(self, stim: torch.Tensor, beh: tuple | None, first: int = 0
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: summaries of steps ``first ..`` ``[B, S - first, n_feat * M, H_l, W_l]``
-        and spatial means of every step's summaries ``[B, S, n_feat * M]``."""
+        and spatial means of every step's summaries ``[B, S, n_feat * M]``. ``beh``: the
+        :class:`BehaviorEncoder`'s (q, v_eff, gamma, rho), or None."""
         B, _, S, H, W = stim.shape
         frames = stim[:, 0].reshape(B * S, 1, H, W).float()
-        beh = None
-        if self.cfg.use_behavior:
-            code, gate, vel = self.gaze(behavior.float())
-            beh = self.behavior(code, gate, vel)
         out, pooled = [], []
         for level, (band, bank) in enumerate(zip(self.pyramid(frames), self.filters)):
             even, odd = bank(band)
@@ -96,7 +97,10 @@ class PolarV1(EncodingModel):
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
         S = self.check(stim, behavior, session)
         first = S - 1 if last_only else self.window_len - 1
-        feats, pooled = self.level_features(stim, behavior, first)
+        beh = None
+        if self.cfg.use_behavior:
+            beh = self.behavior(*self.gaze(behavior.float()))
+        feats, pooled = self.level_features(stim, beh, first)
         jepa_loss = None
         if self.jepa is not None and self.training:
             jepa_loss = self.jepa(torch.cat(pooled, dim=-1))  # [B, S, C]
@@ -104,7 +108,10 @@ class PolarV1(EncodingModel):
         for f, mix in zip(feats, self.mix):
             B, L = f.shape[:2]
             mixed.append(mix(f.flatten(0, 1)).view(B, L, -1, *f.shape[-2:]))
-        return ModelOutput(self.readouts[session](mixed), jepa_loss)
+        log_rate = self.readouts[session](mixed)                        # [B, L, N]
+        if beh is not None:
+            log_rate = log_rate + self.saccade_gain[session](beh[0])[:, first:]
+        return ModelOutput(log_rate, jepa_loss)
 
     def update_teacher(self) -> None:
         if self.jepa is not None:

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from polar_data.config import ConfigError
+from polar_data.demo.population import saccade_gain_curve
 from polar_model.build import build_model, required_window_len
 from polar_model.config import config_from_dict, load_model_config
 from polar_model.dynamics import PolarDynamics
 from polar_model.filters import QuadratureFilterBank
-from polar_model.gaze import GazeEncoder
+from polar_model.gaze import GazeEncoder, SaccadeGain
 from polar_model.lit_module import BPSAccumulator
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import bits_per_spike, oracle_bps, summarize_bps
@@ -196,6 +197,64 @@ def test_config_errors_name_the_key():
         config_from_dict({"kind": "transformer"})
     with pytest.raises(ConfigError, match="temporal"):
         config_from_dict({"kind": "polar", "temporal": "sometimes"})
+
+
+def _fit_weights(sg, log_gain):
+    """Least-squares basis weights for a log-gain curve [K] (every unit)."""
+    w = torch.linalg.lstsq(sg.basis, torch.as_tensor(log_gain, dtype=torch.float32)[:, None])
+    with torch.no_grad():
+        sg.weight.copy_(w.solution.t().expand_as(sg.weight))
+
+
+def test_saccade_gain_is_the_kernel_after_each_onset_and_causal():
+    """A gate that steps 0 -> 1 at bin o gives log gain kernel[t - o] for t >= o, 0 before;
+    the smooth basis holds the demo's ground-truth dip and rebound."""
+    K, T, o = 30, 60, 20
+    truth = np.log(saccade_gain_curve(K, 120.0, 0.6, 0.5))
+    sg = SaccadeGain(2, K, spacing=2)
+    _fit_weights(sg, truth)
+    with torch.no_grad():
+        sg.weight[1].neg_()
+    kernel = sg.kernel.detach().numpy()
+    assert np.abs(kernel[0] - truth).max() < 0.08
+    q = torch.zeros(1, T, 1)
+    q[:, o:] = 1.0
+    g = sg(q)[0].detach().numpy()  # [T, 2]
+    assert g.shape == (T, 2)
+    assert np.abs(g[:o]).max() == 0.0
+    assert np.allclose(g[o : o + K].T, kernel, atol=1e-6)
+    assert np.abs(g[o + K :]).max() < 1e-6  # back to gain 1 after the kernel's span
+
+
+def test_saccade_gain_recovers_suppression_and_enhancement_from_spikes():
+    """Poisson spikes at rate r x gain(time since onset), the demo's ground-truth curve:
+    fitting the kernel by maximum likelihood finds the dip and the rebound."""
+    rng = np.random.default_rng(0)
+    K, T, B = 40, 600, 16
+    truth = np.log(saccade_gain_curve(K, 120.0, 0.6, 0.5))
+    q = np.zeros((B, T, 1), np.float32)
+    for b in range(B):  # a saccade every 300-600 ms, 2 bins of rising gate
+        t = int(rng.integers(5, 30))
+        while t < T - 2:
+            q[b, t, 0], q[b, t + 1 :, 0] = 0.5, 1.0
+            q[b, t + 3 :, 0] = 0.0
+            t += int(rng.integers(36, 72))
+    truth_sg = SaccadeGain(1, K, spacing=2)
+    _fit_weights(truth_sg, truth)
+    with torch.no_grad():
+        rate = 0.3 * torch.exp(truth_sg(torch.from_numpy(q)))
+    y = torch.poisson(rate, generator=torch.Generator().manual_seed(0))
+    sg = SaccadeGain(1, K, spacing=2)
+    opt = torch.optim.Adam(sg.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        masked_poisson_nll(math.log(0.3) + sg(torch.from_numpy(q)), y, torch.ones_like(y)).backward()
+        opt.step()
+    k = sg.kernel.detach()[0].numpy()
+    dip, peak = int(np.argmin(truth)), int(np.argmax(truth))
+    assert abs(int(np.argmin(k)) - dip) <= 2 and abs(int(np.argmax(k)) - peak) <= 4
+    assert np.exp(k[dip]) < 0.6 and np.exp(k[peak]) > 1.3  # truth: 0.4 and 1.5
+    assert np.abs(k - truth).mean() < 0.1
 
 
 def test_static_differs_from_minimal():

@@ -181,3 +181,21 @@ def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["static"]["val"]["oracle"]["mean_unclamped"] > 0
     assert "| static | test |" in (out / "summary.md").read_text()
+    assert not (out / "saccade_gain.png").exists()  # static models have no saccade gain
+
+
+def test_saccade_gain_plot_for_behaviour_models(tmp_path):
+    from types import SimpleNamespace
+
+    from polar_model.build import build_model
+    from polar_model.config import load_model_config
+    from polar_model.spec import DataSpec
+
+    spec = DataSpec(window_len=16, rate_hz=120.0, frame_hw=(27, 27), ppd=7.0, n_units=(4, 5),
+                    mean_rates=((0.05,) * 4, (0.05,) * 5), session_names=("a", "b"))
+    model = build_model(load_model_config(ROOT / "configs/model/behavior.yaml"), spec)
+    assert [sg.kernel.shape for sg in model.saccade_gain] == [(4, 30), (5, 30)]  # 250 ms
+    evaluate = load_pipeline("evaluate")
+    evaluate.plot_saccade_gain({"behavior": SimpleNamespace(model=model)},
+                               SimpleNamespace(rate_hz=120.0, has_true_rate=True), tmp_path)
+    assert (tmp_path / "saccade_gain.png").stat().st_size > 10_000
