@@ -6,10 +6,11 @@ spike, each as a ratio to the baseline and to the oracle (the ground-truth rates
     python pipelines/build_shards.py && python pipelines/bench_experiment.py --steps 200
 
 Writes ``reports/experiment/summary.md`` (the table) and each run under
-``runs/experiment/steps<N>-lr<lr>/<config>`` (a finished run is reused). CPU-feasible
-sizes: the demo data config and ``configs/train/cpu_demo.yaml`` with ``--steps`` optimizer steps per model. The
-score is the trainer's validation pass after the last step (every val target once); the
-oracle is the ground-truth rates scored on the same targets.
+``runs/experiment/steps<N>-lr<lr>/<config>``. A finished run is reused: after changing a
+model, delete its runs. CPU-feasible sizes: the demo data config and
+``configs/train/cpu_demo.yaml`` with ``--steps`` optimizer steps per model. The score is the
+trainer's validation pass after the last step (every val target once); the oracle is the
+ground-truth rates scored on the same targets.
 """
 
 

@@ -246,9 +246,10 @@ def test_saccade_gain_recovers_suppression_and_enhancement_from_spikes():
     y = torch.poisson(rate, generator=torch.Generator().manual_seed(0))
     sg = SaccadeGain(1, K, spacing=2)
     opt = torch.optim.Adam(sg.parameters(), lr=0.05)
+    q, ones = torch.from_numpy(q), torch.ones_like(y)
     for _ in range(300):
         opt.zero_grad()
-        masked_poisson_nll(math.log(0.3) + sg(torch.from_numpy(q)), y, torch.ones_like(y)).backward()
+        masked_poisson_nll(math.log(0.3) + sg(q), y, ones).backward()
         opt.step()
     k = sg.kernel.detach()[0].numpy()
     dip, peak = int(np.argmin(truth)), int(np.argmax(truth))
