@@ -59,17 +59,22 @@ def predict_split(predict: Callable[[dict], torch.Tensor], info: StoreInfo, spli
                                       root[name]["robs"][...], np.zeros((T, N), bool),
                                       np.zeros((T, N), np.float32) if info.has_true_rate
                                       else None))
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=identity)
+    # Each clip's real targets are bins start .. start + n - 1 (ds.index / ds.n_targets), its
+    # outputs 0 .. n - 1; padding (and masked targets at any position) never moves them.
+    batches = list(sampler)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=identity)
     with torch.no_grad():
-        for batch in tqdm(loader, desc=f"predict {split}", disable=not progress):
+        for idx, batch in zip(batches, tqdm(loader, desc=f"predict {split}",
+                                            disable=not progress)):
             rate = predict(batch).exp().numpy()
             sp = out[int(batch["session"][0])]
-            for b in range(rate.shape[0]):
-                dfs = batch["dfs"][b].numpy() > 0
-                n = int(np.flatnonzero(dfs.any(1)).max()) + 1 if dfs.any() else 0
-                bins = np.arange(int(batch["end"][b]) - n + 1, int(batch["end"][b]) + 1)
+            for b, i in enumerate(idx):
+                start, n = int(ds.index[i, 1]), int(ds.n_targets[i])
+                if start + n - 1 != int(batch["end"][b]):
+                    raise RuntimeError(f"clip {i} of {split}: index and batch disagree")
+                bins = np.arange(start, start + n)
                 sp.rate[bins] = rate[b, :n]
-                sp.dfs[bins] = dfs[:n]
+                sp.dfs[bins] = batch["dfs"][b, :n].numpy() > 0
                 if sp.true_rate is not None:
                     sp.true_rate[bins] = batch["true_rate"][b, :n].numpy()
     return out
