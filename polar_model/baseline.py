@@ -78,7 +78,8 @@ class ResNetConvGRU(EncodingModel):
         self.modulator = nn.Sequential(nn.Linear(5, 32), nn.GELU(), nn.Linear(32, cfg.beh_emb_dim))
         self.gru = ConvGRUCell(c2 + cfg.beh_emb_dim, cfg.gru_hidden, cfg.gru_kernel)
         self.readouts = nn.ModuleList(
-            MultiLevelGaussianReadout(n, 1, cfg.gru_hidden, r, cfg.readout_sigma)
+            MultiLevelGaussianReadout(n, 1, cfg.gru_hidden, r, cfg.readout_sigma,
+                                      cfg.output_link, cfg.readout_weight_std)
             for n, r in zip(spec.n_units, spec.mean_rates))
 
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:

@@ -29,19 +29,29 @@ class PolarConfig:
     use_behavior: bool = True
     beh_dim: int = 64               # behaviour code size D
     n_pos_freqs: int = 4            # Fourier features of gaze position
-    saccade_threshold_deg_s: float = 100.0  # initial gate threshold (learned, positive)
-    saccade_slope_s_deg: float = 0.05       # initial gate slope beta (learned, positive)
+    saccade_detector: Literal["adaptive", "fixed"] = "adaptive"
+    saccade_threshold_deg_s: float = 100.0  # fixed: initial gate threshold (learned, > 0)
+    saccade_slope_s_deg: float = 0.05       # fixed: initial gate slope beta (learned, > 0)
+    saccade_lambda: float = 6.0     # adaptive: threshold in units of the median-based
+                                    # velocity spread per session (Engbert & Kliegl); learned
     lambda_fix: float = 10.0        # amplitude relaxation rate in fixation (1/s)
     lambda_sac: float = 40.0        # ... during saccades (1/s)
     saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
     readout_dim: int = 16           # per-level feature channels fed to the readout
     readout_sigma: float = 0.25     # initial Gaussian std (fraction of the half-width)
+    readout_weight_std: float | None = None  # None: 1 / sqrt(levels x readout_dim)
+    output_link: Literal["exp", "softplus", "learned"] = "exp"
     use_jepa: bool = False
     jepa_delta: int = 4             # predict features jepa_delta bins ahead
     min_context: int = 8            # bins of context the JEPA needs at least
     jepa_dim: int = 64
     jepa_ema: float = 0.996         # teacher EMA decay (tau)
     lambda_jepa: float = 0.5
+    jepa_max_grad_ratio: float | None = 0.1  # cap on |grad JEPA| / |grad NLL| on the shared
+                                    # (front-end) parameters; None: lambda_jepa as given
+    jepa_warmup_steps: int = 0      # JEPA weight ramps from 0 over these optimizer steps
+    jepa_stop_grad: bool = False    # True: JEPA trains its own heads only, not the front end
+    jepa_balance_every: int = 10    # optimizer steps between measurements of the ratio
 
     def __post_init__(self):
         for key in ("n_levels", "n_pairs", "filter_size", "beh_dim", "readout_dim",
@@ -71,6 +81,8 @@ class BaselineConfig:
     gru_kernel: int = 3
     beh_emb_dim: int = 16           # eye-movement modulator output channels
     readout_sigma: float = 0.25
+    readout_weight_std: float | None = None
+    output_link: Literal["exp", "softplus", "learned"] = "exp"
     use_jepa: bool = False          # the baseline has no JEPA; kept for a uniform interface
     lambda_jepa: float = 0.0
 

@@ -8,6 +8,7 @@ A non-finite loss raises ``FloatingPointError`` naming the batch's session: neve
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -71,6 +72,12 @@ class BPSAccumulator:
         return torch.where(Y > 0, (A - null) / (Y.clamp_min(1e-30) * math.log(2)), math.nan)
 
 
+def _grad_norm(loss: torch.Tensor, params: list) -> float:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    sq = sum(float(g.pow(2).sum()) for g in grads if g is not None)
+    return math.sqrt(sq)
+
+
 def _nanmean(x: torch.Tensor) -> torch.Tensor:
     x = x[~torch.isnan(x)]
     return x.mean() if x.numel() else torch.tensor(math.nan)
@@ -94,6 +101,7 @@ class EncodingModule(L.LightningModule):
         self.train_cfg = TrainConfig(**train_cfg)
         self.model = build_model(self.model_cfg, self.spec)
         self.lambda_jepa = float(getattr(self.model_cfg, "lambda_jepa", 0.0) or 0.0)
+        self._jepa_scale = 1.0   # from the last gradient-ratio measurement (not saved)
         self._val = None
 
     @classmethod
@@ -113,6 +121,27 @@ class EncodingModule(L.LightningModule):
             robs, dfs = robs[:, None], dfs[:, None]
         return robs, dfs
 
+    def jepa_weight(self, nll: torch.Tensor, jepa: torch.Tensor) -> float:
+        """The JEPA loss weight at this step: ``lambda_jepa``, ramped over
+        ``jepa_warmup_steps``, times a scale that keeps the JEPA gradient on the shared
+        front-end parameters at most ``jepa_max_grad_ratio`` x the Poisson NLL's (measured
+        every ``jepa_balance_every`` steps; both gradients by ``torch.autograd.grad``)."""
+        cfg = self.model_cfg
+        w = self.lambda_jepa
+        warm = getattr(cfg, "jepa_warmup_steps", 0)
+        step = self.global_step if self._trainer is not None else 0
+        if warm:
+            w *= min(1.0, (step + 1) / warm)
+        ratio = getattr(cfg, "jepa_max_grad_ratio", None)
+        if ratio is None or w == 0 or getattr(cfg, "jepa_stop_grad", False):
+            return w
+        if step % max(1, cfg.jepa_balance_every) == 0 and self.training:
+            shared = self.model.shared_parameters()
+            gn = _grad_norm(nll, shared)
+            gj = _grad_norm(jepa, shared)
+            self._jepa_scale = min(1.0, ratio * gn / max(w * gj, 1e-12))
+        return w * self._jepa_scale
+
     def _loss(self, batch: dict, stage: str):
         out = self(batch)
         robs, dfs = self.targets(batch)
@@ -123,7 +152,9 @@ class EncodingModule(L.LightningModule):
             nll = torch.tensor(math.nan)
         loss = nll
         if out.jepa_loss is not None:
-            loss = nll + self.lambda_jepa * out.jepa_loss
+            w = self.jepa_weight(nll, out.jepa_loss) if torch.isfinite(nll) else 0.0
+            self._last_jepa_weight = w
+            loss = nll + w * out.jepa_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite {stage} loss ({loss.item()}) on a batch of session {session!r} "
@@ -138,6 +169,7 @@ class EncodingModule(L.LightningModule):
         self.log("train/nll", nll, batch_size=B)
         if out.jepa_loss is not None:
             self.log("train/jepa", out.jepa_loss, batch_size=B)
+            self.log("train/jepa_weight", float(self._last_jepa_weight), batch_size=B)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
         return loss
@@ -146,26 +178,49 @@ class EncodingModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.model.update_teacher()  # JEPA EMA teacher: after the step, outside forward
 
+    def on_fit_start(self):
+        self._t0 = time.perf_counter()
+
     def on_validation_epoch_start(self):
         self._val = [BPSAccumulator(n, self.device) for n in self.spec.n_units]
+        self._oracle = [BPSAccumulator(n, self.device) for n in self.spec.n_units]
 
     def validation_step(self, batch, batch_idx):
         out, nll, _ = self._loss(batch, "val")
         robs, dfs = self.targets(batch)
-        self._val[int(batch["session"][0])].update(out.log_rate.exp(), robs, dfs)
+        s = int(batch["session"][0])
+        self._val[s].update(out.log_rate.exp(), robs, dfs)
+        if "true_rate" in batch:  # demo stores: the ground truth on the same targets
+            tr = batch["true_rate"]
+            self._oracle[s].update(tr if tr.ndim == 3 else tr[:, None], robs, dfs)
         self.log("val/nll", nll, batch_size=batch["robs"].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self):
-        per_unit = []
-        for name, acc in zip(self.spec.session_names, self._val):
+        per_unit, oracle = [], []
+        for name, acc, orc in zip(self.spec.session_names, self._val, self._oracle):
             if self.trainer.world_size > 1:
                 acc.stats = self.all_gather(acc.stats).sum(0)
+                orc.stats = self.all_gather(orc.stats).sum(0)
             bps = acc.bps()
             per_unit.append(bps)
+            if orc.stats[2].sum() > 0:
+                oracle.append(orc.bps())
             self.log(f"val_bps/{name}", _nanmean(bps).float(), rank_zero_only=True)
         allu = torch.cat(per_unit)
-        self.log("val/bps", _nanmean(allu).float(), prog_bar=True, rank_zero_only=True)
+        mean = _nanmean(allu).float()
+        self.log("val/bps", mean, prog_bar=True, rank_zero_only=True)
         self.log("val/bps_clamped", _nanmean(allu.clamp_min(0)).float(), rank_zero_only=True)
+        line = f"step {self.global_step}"
+        if getattr(self, "_t0", None) is not None:
+            line += f", {(time.perf_counter() - self._t0) / 60:.1f} min"
+        line += f": val BPS {float(mean):.4f}"
+        if len(oracle) == len(per_unit):
+            orc = _nanmean(torch.cat(oracle)).float()
+            self.log("val/oracle_bps", orc, rank_zero_only=True)
+            self.log("val/fraction_of_oracle", mean / orc, rank_zero_only=True)
+            line += f", oracle {float(orc):.4f}, fraction of oracle {float(mean / orc):.3f}"
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            print(line, flush=True)
 
     def configure_optimizers(self):
         tc = self.train_cfg

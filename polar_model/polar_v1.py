@@ -48,14 +48,18 @@ class PolarV1(EncodingModel):
             self.summarizer = TemporalSummarizer()
         if cfg.use_behavior:
             self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,
-                                    cfg.saccade_threshold_deg_s, cfg.saccade_slope_s_deg)
+                                    cfg.saccade_threshold_deg_s, cfg.saccade_slope_s_deg,
+                                    detector=cfg.saccade_detector,
+                                    n_sessions=len(spec.n_units),
+                                    lam=cfg.saccade_lambda)
             self.behavior = BehaviorEncoder(cfg.beh_dim, S, M)
             k = max(1, round(cfg.saccade_kernel_ms / 1000 * spec.rate_hz))
             spacing = round(0.015 * spec.rate_hz)  # 15 ms between basis bumps
             self.saccade_gain = nn.ModuleList(SaccadeGain(n, k, spacing) for n in spec.n_units)
         self.mix = nn.ModuleList(nn.Conv2d(n_feat * M, cfg.readout_dim, 1) for _ in range(S))
         self.readouts = nn.ModuleList(
-            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, cfg.readout_sigma)
+            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, cfg.readout_sigma,
+                                      cfg.output_link, cfg.readout_weight_std)
             for n, r in zip(spec.n_units, spec.mean_rates))
         self.jepa = (JEPA(S * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
                           cfg.jepa_ema) if cfg.use_jepa else None)
@@ -99,11 +103,12 @@ class PolarV1(EncodingModel):
         first = S - 1 if last_only else self.window_len - 1
         beh = None
         if self.cfg.use_behavior:
-            beh = self.behavior(*self.gaze(behavior.float()))
+            beh = self.behavior(*self.gaze(behavior.float(), session))
         feats, pooled = self.level_features(stim, beh, first)
         jepa_loss = None
         if self.jepa is not None and self.training:
-            jepa_loss = self.jepa(torch.cat(pooled, dim=-1))  # [B, S, C]
+            pooled = torch.cat(pooled, dim=-1)  # [B, S, C]
+            jepa_loss = self.jepa(pooled.detach() if self.cfg.jepa_stop_grad else pooled)
         mixed = []
         for f, mix in zip(feats, self.mix):
             B, L = f.shape[:2]
@@ -112,6 +117,12 @@ class PolarV1(EncodingModel):
         if beh is not None:
             log_rate = log_rate + self.saccade_gain[session](beh[0])[:, first:]
         return ModelOutput(log_rate, jepa_loss)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The front end every output depends on (not the readouts, gains or JEPA heads)."""
+        own = ("readouts.", "saccade_gain.", "jepa.")
+        return [p for n, p in self.named_parameters()
+                if p.requires_grad and not n.startswith(own)]
 
     def update_teacher(self) -> None:
         if self.jepa is not None:

@@ -5,7 +5,35 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+LINKS = ("exp", "softplus", "learned")
+_SOFTPLUS_ONE = math.log(math.expm1(1.0))  # softplus(x) = 1
+
+
+def log_softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(softplus(x)), finite with finite gradients everywhere (= x below -15)."""
+    xc = x.clamp_min(-15.0)
+    return torch.where(x < -15.0, x, torch.log(F.softplus(xc)))
+
+
+def apply_link(x: torch.Tensor, link: str, log_scale: torch.Tensor,
+               log_beta: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear predictor ``x`` [..., N] -> log expected counts.
+
+    exp:      rate = exp(x)                              (log_scale unused)
+    softplus: rate = r_n softplus(x)                     (r_n = exp(log_scale), mean rate)
+    learned:  rate = r_n softplus(beta_n x) / beta_n     (beta_n = exp(log_beta) > 0: smooth
+              near 0 at small beta, rectified-linear at large beta)
+    """
+    if link == "exp":
+        return x
+    if link == "softplus":
+        return log_scale + log_softplus(x)
+    if link == "learned":
+        return log_scale + log_softplus(log_beta.exp() * x) - log_beta
+    raise ValueError(f"output_link must be one of {LINKS}, got {link!r}")
 
 
 def gaussian_masks(mu, log_sigma, corr, hw: tuple[int, int]) -> torch.Tensor:
@@ -28,19 +56,34 @@ def gaussian_masks(mu, log_sigma, corr, hw: tuple[int, int]) -> torch.Tensor:
 class MultiLevelGaussianReadout(nn.Module):
     """Per unit: one position shared by all levels, a Gaussian mask per level (std and
     correlation learned), 1x1 feature weights per level; summed over levels plus a bias
-    initialised to the log mean rate, giving log expected counts per bin.
+    set so that the initial prediction is the (training) mean rate, then the output link
+    (:func:`apply_link`), giving log expected counts per bin.
+
+    Feature weights start at ``weight_std * randn`` (default ``1 / sqrt(levels x dim)``, so
+    the front end gets a gradient of the same order as the readout's from the first step;
+    the old ``0.01`` starved it).
 
     features: list over levels of ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``.
     """
 
-    def __init__(self, n_units: int, n_levels: int, dim: int, mean_rates, sigma: float):
+    def __init__(self, n_units: int, n_levels: int, dim: int, mean_rates, sigma: float,
+                 link: str = "exp", weight_std: float | None = None):
         super().__init__()
+        if link not in LINKS:
+            raise ValueError(f"output_link must be one of {LINKS}, got {link!r}")
+        self.link = link
+        std = weight_std if weight_std is not None else 1.0 / math.sqrt(n_levels * dim)
         self._mu = nn.Parameter(torch.randn(n_units, 2) * 0.1)
         self.log_sigma = nn.Parameter(torch.full((n_units, n_levels, 2), math.log(sigma)))
         self._corr = nn.Parameter(torch.zeros(n_units, n_levels))
-        self.weight = nn.Parameter(torch.randn(n_units, n_levels, dim) * 0.01)
+        self.weight = nn.Parameter(torch.randn(n_units, n_levels, dim) * std)
         rates = torch.as_tensor(mean_rates, dtype=torch.float32).clamp_min(1e-4)
-        self.bias = nn.Parameter(rates.log())
+        if link == "exp":
+            self.bias = nn.Parameter(rates.log())
+        else:  # softplus(bias) = 1: rate = mean rate at zero drive
+            self.bias = nn.Parameter(torch.full((n_units,), _SOFTPLUS_ONE))
+        self.register_buffer("log_scale", rates.log())
+        self.log_beta = nn.Parameter(torch.zeros(n_units)) if link == "learned" else None
 
     @property
     def mu(self) -> torch.Tensor:
@@ -57,4 +100,4 @@ class MultiLevelGaussianReadout(nn.Module):
             mask = self.masks(level, tuple(f.shape[-2:]))
             pooled = torch.einsum("bldhw,nhw->blnd", f, mask)
             out = out + (pooled * self.weight[:, level]).sum(-1)
-        return out
+        return apply_link(out, self.link, self.log_scale, self.log_beta)
