@@ -31,6 +31,7 @@ from polar_data.build import (
     settings,
     write_shards,
 )
+from polar_data.build_lock import BuildLocked, build_lock
 from polar_data.config import ConfigError
 from polar_data.data_config import load_data_config
 from polar_data.manifest import verify
@@ -80,7 +81,7 @@ def summary_table(results, elapsed: float) -> str:
                  f"{tot_bytes / 1e6:>9.1f}{tot_in / 1e6 / max(elapsed, 1e-9):>8.1f}")
     failed = [r for r in results if r.error]
     for r in failed:
-        lines.append(f"FAILED {r.source}: {r.error}")
+        lines.append(f"FAILED {r.error}")  # the error names the source file
     return "\n".join(lines)
 
 
@@ -95,41 +96,48 @@ def main(argv=None) -> int:
             cfg.store.trust_pickle = True
         out = Path(cfg.store.out_dir)
         if a.verify:
-            problems = verify(out, progress=progress)
+            with build_lock(out, "verify"):
+                problems = verify(out, progress=progress)
             for p in problems:
                 print(f"VERIFY FAILED: {p}", file=sys.stderr)
             print(f"verify {out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
             return 1 if problems else 0
-        window_len = resolve_window_len(cfg, a.model_config)
-        patterns = a.sessions or cfg.sessions
-        if patterns:
-            sources = resolve_sources(patterns)
-        else:
-            sources = demo_sources(cfg, out, a.job_index, a.num_jobs, a.workers, progress)
-        check_settings(out, settings(cfg, window_len, sources))
-        t0 = time.perf_counter()
-        if a.stage in ("all", "ingest"):
-            results = ingest(sources, cfg, window_len, out, a.job_index, a.num_jobs,
-                             a.workers, progress)
-            print(summary_table(results, time.perf_counter() - t0))
-            if any(r.error for r in results):
-                print("some sessions failed (named above); the others are complete. Fix the "
-                      "inputs and re-run the same command.", file=sys.stderr)
-                return 1
-        if a.stage in ("all", "shards"):
-            entries = write_shards(out, sources, cfg, window_len, a.job_index, a.num_jobs,
-                                   a.workers, progress)
-            print(f"wrote {len(entries)} shard(s) to {out / 'wds'}")
-        if a.stage in ("all", "finalize"):
-            manifest = finalize(out, sources, cfg, window_len)
-            n = manifest["n_samples"]
-            print(f"manifest {out / 'manifest.json'}: window_len {window_len}, "
-                  f"{len(manifest['shards'])} shards, clips " +
-                  ", ".join(f"{s} {n[s]}" for s in SPLITS))
-        return 0
-    except (BuildError, ConfigError) as e:
+        with build_lock(out, a.stage, a.job_index, a.num_jobs):
+            return build(a, cfg, out, progress)
+    except (BuildError, BuildLocked, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def build(a, cfg, out: Path, progress: bool) -> int:
+    """The build stages, run while this process holds the output folder's lock."""
+    window_len = resolve_window_len(cfg, a.model_config)
+    patterns = a.sessions or cfg.sessions
+    if patterns:
+        sources = resolve_sources(patterns)
+    else:
+        sources = demo_sources(cfg, out, a.job_index, a.num_jobs, a.workers, progress)
+    check_settings(out, settings(cfg, window_len))
+    t0 = time.perf_counter()
+    if a.stage in ("all", "ingest"):
+        results = ingest(sources, cfg, window_len, out, a.job_index, a.num_jobs,
+                         a.workers, progress)
+        print(summary_table(results, time.perf_counter() - t0))
+        if any(r.error for r in results):
+            print("some sessions failed (named above); the others are complete. Fix the "
+                  "inputs and re-run the same command.", file=sys.stderr)
+            return 1
+    if a.stage in ("all", "shards"):
+        entries = write_shards(out, sources, cfg, window_len, a.job_index, a.num_jobs,
+                               a.workers, progress)
+        print(f"wrote {len(entries)} shard(s) to {out / 'wds'}")
+    if a.stage in ("all", "finalize"):
+        manifest = finalize(out, sources, cfg, window_len)
+        n = manifest["n_samples"]
+        print(f"manifest {out / 'manifest.json'}: window_len {window_len}, "
+              f"{len(manifest['shards'])} shards, clips " +
+              ", ".join(f"{s} {n[s]}" for s in SPLITS))
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,11 +9,20 @@ Stages (``pipelines/build_shards.py --stage ...``; ``all`` runs them in order):
    shards ``j, j + n, ...``. Needs every session ingested.
 3. ``finalize``: write the Zarr root group and ``manifest.json`` (checksums of everything).
 
-Safety: every output is written under a temporary name and renamed when complete; a re-run
-with the same arguments skips what is complete, redoes what is not and produces
-byte-identical files. A session that fails is reported by name; other sessions' outputs are
-untouched. ``build.json`` records the settings; a different setting in an existing output
-folder is refused.
+Safety (see the README's "Safety" section):
+
+* every output is written under a temporary name and renamed when complete; a re-run with the
+  same arguments skips what is complete, redoes what is not and produces byte-identical files;
+* what is done is keyed by content: a session is skipped only if its source's sha256 is the
+  one it was ingested from, and a shard only if the sources of every clip in it are unchanged,
+  so a source changed in place is re-ingested and every shard holding it rewritten;
+* a session's folder name comes from :func:`polar_data.safe_names.session_folder_name`, and
+  every path is checked to lie inside the output folder before anything is deleted or written;
+* one writer per output folder (:mod:`polar_data.build_lock`);
+* any exception while ingesting a session is reported with the session's file, and the other
+  sessions complete;
+* ``build.json`` records what changes the output (schema, window length, store and demo
+  settings), not how the command was spelled; a different setting is refused.
 """
 
 from __future__ import annotations
@@ -31,12 +40,13 @@ from pathlib import Path
 import zarr
 from tqdm.auto import tqdm
 
-from .checksum import sha256_file
+from .checksum import sha256_bytes, sha256_file
 from .config import to_dict
 from .data_config import DEFAULT_WINDOW_LEN, DataConfig
-from .manifest import MANIFEST, file_table, write_json_atomic
-from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS, StoreError
-from .session import SessionError
+from .manifest import MANIFEST, file_table, seal, write_json_atomic
+from .safe_names import inside, session_folder_name
+from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
+from .zarr_store import stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")
 
@@ -104,11 +114,14 @@ def resolve_sources(patterns: list[str]) -> list[Path]:
     return sorted(set(out))
 
 
-def settings(cfg: DataConfig, window_len: int, sources: list[Path]) -> dict:
+def settings(cfg: DataConfig, window_len: int) -> dict:
+    """What changes the output: schema, window length, store and demo settings. Not recorded:
+    the output folder, the trust flag and the source paths (sources are tracked by content,
+    per session, in ``parts/``)."""
     store = to_dict(cfg.store)
     store.pop("out_dir")
+    store.pop("trust_pickle")
     return {"schema_version": SCHEMA_VERSION, "window_len": window_len, "store": store,
-            "sources": [str(p) for p in sources],
             "demo": to_dict(cfg.demo) if not cfg.sessions else None}
 
 
@@ -174,7 +187,8 @@ def _dir_bytes(folder: Path) -> int:
 
 def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
                progress: bool = False) -> SessionResult:
-    """Read, check and write one session's Zarr group; never raises for bad input."""
+    """Read, check and write one session's Zarr group; never raises: any exception is
+    reported in ``SessionResult.error`` with the source file and the exception's type."""
     from .readers import read_session
     from .zarr_store import write_session_group
 
@@ -186,25 +200,30 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
         digest = sha256_file(src)
         if part.is_file():
             done = json.loads(part.read_text())
-            if done.get("sha256") == digest and (out / "zarr" / done["name"]).is_dir():
+            name = session_folder_name(done.get("name", ""), part)
+            if done.get("sha256") == digest and (out / "zarr" / name).is_dir():
                 return SessionResult(**done["result"], skipped=True)
         steps = tqdm(total=3, desc=src.name, leave=False, disable=not progress)
         session = read_session(src, trust_pickle=cfg.store.trust_pickle,
                                target_rate_hz=cfg.store.target_rate_hz)
+        name = session_folder_name(session.name, src)
+        if name != session.name:
+            session.extra["name_in_file"] = session.name  # recorded in the group's attrs
+            session.name = name
         steps.update()
-        final = out / "zarr" / session.name
-        tmp = out / ".partial" / session.name
+        final = inside(out, out / "zarr" / name)
+        tmp = inside(out, out / ".partial" / name)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         attrs = write_session_group(session, tmp, window_len, cfg.store)
         steps.update()
-        if final.exists():  # an older, unrecorded copy (crash between rename and marker)
+        if final.exists():  # an older copy (changed source, or crash before the marker)
             shutil.rmtree(final)
         tmp.replace(final)
         steps.update()
         steps.close()
-        res.name = session.name
+        res.name = name
         res.n_bins, res.n_units = session.n_bins, session.n_units
         res.frame_bytes = int(session.stim.nbytes)
         res.n_windows, res.n_clips = attrs["n_windows"], attrs["n_clips"]
@@ -213,84 +232,117 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
         # no timings in the record: a rebuilt folder must be byte-identical
         record = {k: v for k, v in res.__dict__.items() if k not in ("skipped", "seconds")}
         part.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(part, {"source": str(src), "sha256": digest, "name": session.name,
+        write_json_atomic(part, {"source": str(src.resolve()), "sha256": digest, "name": name,
                                  "result": record})
-    except (SessionError, StoreError, ValueError, OSError, KeyError) as e:
-        res.error = f"{src}: {e}" if str(src) not in str(e) else str(e)
+    except Exception as e:  # a malformed file may raise anything: report it, go on
+        msg = str(e) if str(src) in str(e) else f"{src}: {e}"
+        res.error = f"{msg} ({type(e).__name__})"
     return res
 
 
 def ingest(sources: list[Path], cfg: DataConfig, window_len: int, out_dir: Path,
            job_index: int = 0, num_jobs: int = 1, workers: int = 1,
            progress: bool = True) -> list[SessionResult]:
+    """Ingest this job's sources; a failed session is reported in its result, never raised."""
     mine = sources[job_index::num_jobs]
     results = []
     with _pool(workers) as pool:
         futures = [pool.submit(ingest_one, str(s), cfg, window_len, str(out_dir),
                                progress and workers == 1) for s in mine]
-        for f in tqdm(futures, desc="ingest sessions", disable=not progress):
-            results.append(f.result())
-    names = [r.name for r in results if r.name]
-    dup = {n for n in names if names.count(n) > 1}
+        for src, f in tqdm(list(zip(mine, futures)), desc="ingest sessions",
+                           disable=not progress):
+            try:
+                results.append(f.result())
+            except Exception as e:  # the worker process itself died
+                results.append(SessionResult(source=str(src),
+                                             error=f"{src}: {e} ({type(e).__name__})"))
+    by_name: dict[str, list[str]] = {}
+    for r in results:
+        if r.name:
+            by_name.setdefault(r.name, []).append(r.source)
+    dup = {n: s for n, s in by_name.items() if len(s) > 1}
     if dup:
-        raise BuildError(f"two sources give the same session name(s) {sorted(dup)}")
+        raise BuildError("; ".join(f"{' and '.join(s)} both give session name {n!r}"
+                                   for n, s in sorted(dup.items()))
+                         + ": give the sessions distinct names")
     return results
 
 
 # ----------------------------------------------------------------------------- shards
 
 
-def _session_names(out_dir: Path, sources: list[Path]) -> list[str]:
-    names = []
+def _ingested(out_dir: Path, sources: list[Path]) -> dict[str, str]:
+    """{session name: sha256 of its source} for every source, from the ingest records."""
+    out = {}
     for src in sources:
         part = _part_path(out_dir, src)
         if not part.is_file():
             raise BuildError(f"{src}: not ingested yet; run --stage ingest for every job first")
-        names.append(json.loads(part.read_text())["name"])
-    return sorted(names)
+        rec = json.loads(part.read_text())
+        out[session_folder_name(rec["name"], part)] = rec["sha256"]
+    return dict(sorted(out.items()))
 
 
 def _open_sessions_root(out_dir: Path):
     return zarr.open_group(store=str(out_dir / "zarr"), mode="r", zarr_format=3)
 
 
-def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str]) -> dict:
+def _shard_inputs(rows, names: list[str], digests: dict[str, str], window_len: int) -> str:
+    """Content key of a shard: its clips, window length and the sha256 of every source whose
+    clips it holds. A shard is reused only while this key is unchanged."""
+    used = sorted({names[int(r[0])] for r in rows})
+    return sha256_bytes(json.dumps({"rows": [[int(x) for x in r] for r in rows],
+                                    "window_len": window_len,
+                                    "sources": {n: digests[n] for n in used}}).encode())
+
+
+def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
+               inputs: str) -> dict:
     from .wds_shards import write_shard
 
     out = Path(out_dir)
     root = _open_sessions_root(out)
     entry = write_shard(root, names, out / "wds" / name, rows, window_len)
+    entry["inputs"] = inputs
     write_json_atomic(out / "parts" / f"shard-{name}.json", entry)
     return entry
 
 
 def shard_plan(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int):
+    """(session names, {name: source sha256}, [(shard name, rows, content key), ...])."""
     from .wds_shards import clip_table, plan_shards
 
-    names = _session_names(out_dir, sources)
+    digests = _ingested(out_dir, sources)
+    names = list(digests)
     root = _open_sessions_root(out_dir)
     missing = [n for n in names if n not in set(root.group_keys())]
     if missing:
         raise BuildError(f"{out_dir / 'zarr'}: session group(s) {missing} missing; re-run ingest")
-    table = clip_table(root, window_len)
+    table = clip_table(root, window_len, names)
     frame_bytes = max(int(root[n]["stim"].shape[1] * root[n]["stim"].shape[2]) for n in names)
-    return names, plan_shards(table, frame_bytes, window_len, cfg.store.clip_len,
-                              cfg.store.shard_target_mb, cfg.store.shard_seed)
+    plan = plan_shards(table, frame_bytes, window_len, cfg.store.clip_len,
+                       cfg.store.shard_target_mb, cfg.store.shard_seed)
+    return names, digests, [(n, rows, _shard_inputs(rows, names, digests, window_len))
+                            for n, rows in plan]
+
+
+def _shard_done(out_dir: Path, name: str, inputs: str) -> bool:
+    part = out_dir / "parts" / f"shard-{name}.json"
+    return ((out_dir / "wds" / name).is_file() and part.is_file()
+            and json.loads(part.read_text()).get("inputs") == inputs)
 
 
 def write_shards(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int,
                  job_index: int = 0, num_jobs: int = 1, workers: int = 1,
                  progress: bool = True) -> list[dict]:
-    names, plan = shard_plan(out_dir, sources, cfg, window_len)
+    """Write this job's shards whose content key changed (or that are missing)."""
+    names, _, plan = shard_plan(out_dir, sources, cfg, window_len)
     (out_dir / "wds").mkdir(parents=True, exist_ok=True)
-    mine = plan[job_index::num_jobs]
-    todo = [(n, rows) for n, rows in mine
-            if not ((out_dir / "wds" / n).is_file()
-                    and (out_dir / "parts" / f"shard-{n}.json").is_file())]
+    todo = [p for p in plan[job_index::num_jobs] if not _shard_done(out_dir, p[0], p[2])]
     entries = []
     with _pool(workers) as pool:
-        futures = [pool.submit(_shard_one, str(out_dir), n, rows, window_len, names)
-                   for n, rows in todo]
+        futures = [pool.submit(_shard_one, str(out_dir), n, rows, window_len, names, key)
+                   for n, rows, key in todo]
         for f in tqdm(futures, desc="write shards", disable=not progress):
             entries.append(f.result())
     return entries
@@ -299,18 +351,37 @@ def write_shards(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len
 # ----------------------------------------------------------------------------- finalize
 
 
+def _remove_stale(out_dir: Path, names: list[str], shard_names: set[str]) -> None:
+    """Delete session groups and shards that no current source produces (a source removed,
+    or renamed by a change in place), so the manifest lists exactly what is there."""
+    zdir = out_dir / "zarr"
+    for p in zdir.iterdir():
+        if p.is_dir() and p.name not in names:
+            shutil.rmtree(inside(out_dir, p))
+    for p in (out_dir / "wds").glob("*"):
+        if p.is_file() and p.name not in shard_names:
+            inside(out_dir, p).unlink()
+            (out_dir / "parts" / f"shard-{p.name}.json").unlink(missing_ok=True)
+    partial = out_dir / ".partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    for p in out_dir.glob(".build.lock.*"):  # array-job slots (finalize holds the folder alone)
+        p.unlink()
+
+
 def finalize(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int) -> dict:
     """Write the Zarr root group attributes and ``manifest.json``; returns the manifest."""
-    names, plan = shard_plan(out_dir, sources, cfg, window_len)
+    names, digests, plan = shard_plan(out_dir, sources, cfg, window_len)
     shards = []
-    for n, _ in plan:
-        part = out_dir / "parts" / f"shard-{n}.json"
+    for n, _, key in plan:
         path = out_dir / "wds" / n
-        if not (part.is_file() and path.is_file()):
-            raise BuildError(f"{path}: shard not written; run --stage shards for every job")
-        entry = json.loads(part.read_text())
+        if not _shard_done(out_dir, n, key):
+            raise BuildError(f"{path}: shard missing or made from other sources; run "
+                             "--stage shards for every job")
+        entry = json.loads((out_dir / "parts" / f"shard-{n}.json").read_text())
         entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
         shards.append(entry)
+    _remove_stale(out_dir, names, {n for n, _, _ in plan})
     sessions = {}
     root_r = _open_sessions_root(out_dir)
     stats = []
@@ -318,33 +389,29 @@ def finalize(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: in
         a = dict(root_r[n].attrs)
         sessions[n] = {k: a[k] for k in ("n_bins", "n_units", "rate_hz", "ppd", "frame_hw",
                                          "n_windows", "n_clips", "source", "has_true_rate",
-                                         "unit_ids", "mean_rate")}
-        stats.append(a["pixel_stats"])
-    count = sum(s["count"] for s in stats)
-    mean = sum(s["mean"] * s["count"] for s in stats) / count
-    var = sum((s["std"] ** 2 + s["mean"] ** 2) * s["count"] for s in stats) / count - mean**2
+                                         "unit_ids", "mean_rate", "pixel_stats")}
+    stats = [sessions[n]["pixel_stats"] for n in names]
+    pixels = stats_from_sums(*(sum(s[k] for s in stats) for k in ("count", "sum", "sum_sq")))
     root_attrs = {
         "schema_version": SCHEMA_VERSION, "conventions": CONVENTIONS, "sessions": names,
         "window_len": window_len, "clip_len": cfg.store.clip_len,
         "splits": dict(cfg.store.splits), "split_seed": cfg.store.split_seed,
-        "pixel_stats": {"mean": mean, "std": max(var, 0.0) ** 0.5, "count": count},
+        "pixel_stats": pixels,
     }
     root = zarr.open_group(store=str(out_dir / "zarr"), mode="a", zarr_format=3)
     root.attrs.put(root_attrs)
-    partial = out_dir / ".partial"
-    if partial.exists():
-        shutil.rmtree(partial)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "conventions": CONVENTIONS,
         "window_len": window_len,
         "clip_len": cfg.store.clip_len,
-        "pixel_stats": root_attrs["pixel_stats"],
+        "pixel_stats": pixels,
         "sessions": sessions,
         "shards": shards,
         "n_samples": {s: sum(e["n_samples"] for e in shards if e["split"] == s) for s in SPLITS},
         "zarr_files": file_table(out_dir / "zarr"),
     }
+    manifest = seal(manifest)
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
 

@@ -62,6 +62,7 @@ class LoaderConfig:
     blocks_per_batch: int = 4         # chunk blocks pooled per batch (zarr)
     batches_per_epoch: int | None = None  # per rank; None: one pass over the split
     skip_corrupt: bool = False        # skip (with a warning) shards failing their checksum
+    verify_chunks: bool = False       # zarr: sha256 every chunk file on open (sizes: always)
     storage_options: dict[str, str] = field(default_factory=dict)  # fsspec options
 
     def __post_init__(self):

@@ -62,7 +62,7 @@ class PolarDataModule(L.LightningDataModule):
             if train:
                 ds.skip_batches = self._done_in_epoch(len(ds))
             return DataLoader(ds, batch_size=None, **common)
-        ds = ZarrWindows(self.info, split, lc.mode)
+        ds = ZarrWindows(self.info, split, lc.mode, verify_chunks=lc.verify_chunks)
         sampler = LocalityBatchSampler(ds, bs, seed=lc.seed, shuffle=train,
                                        blocks_per_batch=lc.blocks_per_batch, drop_last=train,
                                        start_epoch=self._start_epoch())

@@ -1,8 +1,11 @@
 """The build manifest (``<out>/manifest.json``) and verification against it.
 
-The manifest lists every file of the Zarr store (bytes, sha256) and every WebDataset shard
-(samples, owned targets, sessions, bytes, sha256), plus per-session summaries. ``verify``
-re-reads everything and returns a list of problems, each naming the file.
+The manifest lists every file of the Zarr store (bytes, sha256), every WebDataset shard
+(samples with their sha256, owned targets, sessions, bytes, sha256), per-session summaries
+(source file and its sha256, shapes, counts, pixel statistics, mean rates) and the store-wide
+figures the loaders rely on. It carries its own checksum (``manifest_sha256``): an edited
+manifest is refused on load. ``verify`` re-reads everything, recomputes every figure from the
+data, and returns a list of problems, each naming the file.
 """
 
 from __future__ import annotations
@@ -10,19 +13,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
-from .checksum import sha256_file
+from .checksum import sha256_bytes, sha256_file
 from .schema import SCHEMA_VERSION, SPLITS, StoreError
-from .wds_shards import count_tar_samples, decode_clip
 
 MANIFEST = "manifest.json"
+SEAL = "manifest_sha256"
+
+# dtype of every per-bin array of a session group (zarr_store.write_session_group)
+ARRAY_DTYPES = {"stim": "uint8", "eyepos": "float32", "eye_valid": "bool", "trial": "int64",
+                "t": "float64", "robs": "int32", "dfs": "bool", "split": "int8",
+                "true_rate": "float32"}
 
 
 def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def _digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def seal(manifest: dict) -> dict:
+    """``manifest`` plus its own checksum (sha256 of its canonical JSON without the seal)."""
+    return {**manifest, SEAL: _digest(manifest)}
 
 
 def file_table(folder: Path) -> dict[str, dict]:
@@ -35,26 +54,58 @@ def file_table(folder: Path) -> dict[str, dict]:
     return out
 
 
-def load_manifest(out_dir: Path) -> dict:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise StoreError(f"{path}: manifest missing; the build did not finish "
-                         "(re-run pipelines/build_shards.py with the same arguments)")
+def load_manifest(base: str | Path, storage_options: dict | None = None) -> dict:
+    """The manifest of the store at ``base`` (folder or fsspec URL), checked: present, valid
+    JSON, this schema version, and its own checksum. Raises StoreError naming the file."""
+    url = str(base).rstrip("/") + "/" + MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError as e:
+        raise StoreError(f"{url}: manifest missing; the build did not finish (re-run "
+                         "pipelines/build_shards.py with the same arguments)") from e
     except ValueError as e:
-        raise StoreError(f"{path}: manifest is not valid JSON ({e})") from e
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema version {manifest.get('schema_version')!r}, "
-                         f"expected {SCHEMA_VERSION}; rebuild the store")
+        raise StoreError(f"{url}: manifest is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise StoreError(f"{url}: schema version {version!r}, this code reads "
+                         f"{SCHEMA_VERSION}; rebuild the store with pipelines/build_shards.py")
+    if manifest.get(SEAL) != _digest(manifest):
+        raise StoreError(f"{url}: the manifest's checksum does not match its contents (edited "
+                         "or corrupted); rebuild, or re-run the build to rewrite it")
     return manifest
 
 
-def verify(out_dir: str | Path, progress: bool = False) -> list[str]:
-    """Re-read the whole build under ``out_dir``; return problems (empty = all good)."""
-    from tqdm.auto import tqdm
+def check_chunk_files(zarr_dir: Path, table: dict[str, dict], full_hash: bool = False) -> None:
+    """Cheap check before reading a Zarr store: every file the manifest lists exists with its
+    recorded size (``full_hash``: and its sha256). Raises StoreError naming array and chunk
+    (Zarr itself would return the fill value for a missing chunk)."""
+    zarr_dir = Path(zarr_dir)
+    for rel, info in table.items():
+        p = zarr_dir / rel
+        where = f"{zarr_dir}: array {rel.rsplit('/c/', 1)[0]!r}, file {rel!r}"
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{where} is missing (the store is incomplete or damaged; "
+                             "rebuild it or run build_shards.py --verify)") from None
+        if size != info["bytes"]:
+            raise StoreError(f"{where} has {size} bytes, the manifest says {info['bytes']} "
+                             "(truncated or rewritten)")
+        if full_hash and sha256_file(p) != info["sha256"]:
+            raise StoreError(f"{where} does not match its sha256 (corrupted)")
 
-    from .zarr_store import open_store, read_session_group
+
+def verify(out_dir: str | Path, progress: bool = False, check_sources: bool = True) -> list[str]:
+    """Re-read the whole build under ``out_dir``; return problems (empty = all good).
+
+    Checks files against their hashes, then recomputes from the data every figure the loaders
+    rely on (shapes, dtypes, windows, clips, counts per split, pixel statistics, mean rates,
+    window length, samples per shard) and compares it with the manifest, the Zarr attributes
+    and ``build.json``; with ``check_sources``, re-hashes each source file still found at its
+    recorded path and reports any that changed since the build.
+    """
+    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     try:
@@ -71,29 +122,128 @@ def verify(out_dir: str | Path, progress: bool = False) -> list[str]:
         p = zdir / rel
         if not p.is_file():
             problems.append(f"{p}: listed in the manifest but missing")
-            continue
-        if p.stat().st_size != info["bytes"]:
+        elif p.stat().st_size != info["bytes"]:
             problems.append(f"{p}: {p.stat().st_size} bytes, manifest says {info['bytes']} "
                             "(truncated or rewritten)")
         elif sha256_file(p) != info["sha256"]:
             problems.append(f"{p}: sha256 mismatch (corrupted)")
-    if not problems:  # decode every array and check shapes against the session summaries
+    if not problems:
         try:
-            root = open_store(zdir)
-            for name, summ in manifest["sessions"].items():
-                arrays = read_session_group(root[name])
-                T, N = summ["n_bins"], summ["n_units"]
-                if arrays["stim"].shape[0] != T or arrays["robs"].shape != (T, N):
-                    problems.append(f"{zdir / name}: shapes {arrays['stim'].shape}, "
-                                    f"{arrays['robs'].shape} differ from the manifest's "
-                                    f"T={T}, N={N}")
-                for split in SPLITS:
-                    n = root[name][f"windows/{split}"].shape[0]
-                    if n != summ["n_windows"][split]:
-                        problems.append(f"{zdir / name}/windows/{split}: {n} windows, "
-                                        f"manifest says {summ['n_windows'][split]}")
+            problems += _verify_figures(out_dir, manifest, progress)
         except Exception as e:  # a decode error must be reported, whatever its type
             problems.append(f"{zdir}: cannot decode the store ({type(e).__name__}: {e})")
+    problems += _verify_shards(out_dir, manifest, progress)
+    if check_sources:
+        problems += _verify_sources(manifest)
+    return problems
+
+
+def _differs(where: str, what: str, have, want) -> list[str]:
+    return [] if have == want else [f"{where}: {what} is {have!r} in the data, the manifest "
+                                    f"says {want!r}"]
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _verify_figures(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
+    """Recompute every per-session and store-wide figure from the Zarr data."""
+    from tqdm.auto import tqdm
+
+    from .clips import cut_clips
+    from .filters import valid_window_ends
+    from .zarr_store import (
+        open_store,
+        pixel_stats,
+        read_session_group,
+        stats_from_sums,
+        train_mean_rates,
+    )
+
+    zdir = out_dir / "zarr"
+    root = open_store(zdir)
+    W = manifest["window_len"]
+    problems = []
+    build = out_dir / "build.json"
+    if build.is_file():
+        problems += _differs(str(build), "window_len", json.loads(build.read_text())
+                             .get("window_len"), W)
+    ra = dict(root.attrs)
+    problems += _differs(str(zdir), "window_len (root attribute)", ra.get("window_len"), W)
+    problems += _differs(str(zdir), "clip_len (root attribute)", ra.get("clip_len"),
+                         manifest["clip_len"])
+    problems += _differs(str(zdir), "session list", sorted(root.group_keys()),
+                         sorted(manifest["sessions"]))
+    totals = [0, 0, 0]
+    for name, summ in tqdm(sorted(manifest["sessions"].items()), desc="verify figures",
+                           disable=not progress):
+        where = str(zdir / name)
+        g = root[name]
+        ga = dict(g.attrs)
+        arrays = read_session_group(g)
+        for key, dtype in ARRAY_DTYPES.items():
+            if key in arrays and str(arrays[key].dtype) != dtype:
+                problems.append(f"{where}/{key}: dtype {arrays[key].dtype}, expected {dtype}")
+        T, H, Wd = arrays["stim"].shape
+        N = arrays["robs"].shape[1]
+        problems += _differs(where, "n_bins", T, summ["n_bins"])
+        problems += _differs(where, "n_units", N, summ["n_units"])
+        problems += _differs(where, "frame_hw", [H, Wd], list(summ["frame_hw"]))
+        problems += _differs(where, "number of unit ids", N, len(summ["unit_ids"]))
+        problems += _differs(where, "window_len (group attribute)", ga.get("window_len"), W)
+        problems += _differs(where, "has_true_rate", "true_rate" in g, summ["has_true_rate"])
+        for key in ("eyepos", "eye_valid", "trial", "t", "robs", "dfs", "split"):
+            if arrays[key].shape[0] != T:
+                problems.append(f"{where}/{key}: {arrays[key].shape[0]} bins, stim has {T}")
+        if problems:
+            continue
+        if not (np.diff(arrays["t"]) > 0).all():
+            problems.append(f"{where}/t: times are not strictly increasing")
+        ok = arrays["eye_valid"] & np.isfinite(arrays["eyepos"]).all(axis=1)
+        valid = valid_window_ends(ok, arrays["trial"], W)
+        if (arrays["dfs"] & ~valid[:, None]).any():
+            problems.append(f"{where}/dfs: a unit counts at a bin whose window is not valid")
+        for code, split in enumerate(SPLITS):
+            mask = valid & (arrays["split"] == code)
+            ends = np.flatnonzero(mask)
+            stored = g[f"windows/{split}"][...]
+            if not np.array_equal(stored, ends):
+                problems.append(f"{where}/windows/{split}: {len(stored)} stored window ends "
+                                f"differ from the {len(ends)} valid windows of {W} bins")
+            problems += _differs(where, f"n_windows[{split}]", len(ends),
+                                 summ["n_windows"][split])
+            clips = cut_clips(mask, manifest["clip_len"])
+            if not np.array_equal(g[f"clips/{split}"][...], clips):
+                problems.append(f"{where}/clips/{split}: stored clips differ from the clips "
+                                "recomputed from the windows")
+            problems += _differs(where, f"n_clips[{split}]", len(clips), summ["n_clips"][split])
+        stats = pixel_stats(arrays["stim"])
+        for k in ("count", "sum", "sum_sq"):
+            problems += _differs(where, f"pixel_stats.{k}", stats[k], summ["pixel_stats"][k])
+            totals[("count", "sum", "sum_sq").index(k)] += stats[k]
+        rates = train_mean_rates(arrays["robs"], arrays["dfs"], arrays["split"])
+        if not all(_close(a, b) for a, b in zip(rates, summ["mean_rate"])):
+            problems.append(f"{where}: mean_rate differs from the training bins' mean counts")
+    if not problems:
+        want = stats_from_sums(*totals)
+        have = manifest["pixel_stats"]
+        for k in ("count", "sum", "sum_sq"):
+            problems += _differs(str(out_dir / MANIFEST), f"pixel_stats.{k}", want[k], have[k])
+        for k in ("mean", "std"):
+            if not _close(want[k], have[k]):
+                problems.append(f"{out_dir / MANIFEST}: pixel_stats.{k} is {have[k]}, the "
+                                f"frames give {want[k]}")
+            if not _close(want[k], ra["pixel_stats"][k]):
+                problems.append(f"{zdir}: root pixel_stats.{k} differs from the frames")
+    return problems
+
+
+def _verify_shards(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
+    """Hashes of every shard and sample; samples, targets and sessions counted per shard."""
+    from tqdm.auto import tqdm
+
+    problems = []
     wdir = out_dir / "wds"
     for entry in tqdm(manifest["shards"], desc="verify shards", disable=not progress):
         p = wdir / entry["name"]
@@ -107,24 +257,66 @@ def verify(out_dir: str | Path, progress: bool = False) -> list[str]:
             problems.append(f"{p}: sha256 mismatch (corrupted)")
             continue
         try:
-            n = count_tar_samples(p)
-            if n != entry["n_samples"]:
-                problems.append(f"{p}: {n} samples, manifest says {entry['n_samples']}")
-            _decode_all(p)
+            problems += _check_shard_figures(p, entry, manifest)
         except StoreError as e:
             problems.append(str(e))
+    for split in SPLITS:
+        n = sum(e["n_samples"] for e in manifest["shards"] if e["split"] == split)
+        problems += _differs(str(out_dir / MANIFEST), f"n_samples[{split}]", n,
+                             manifest["n_samples"][split])
+        clips = sum(s["n_clips"][split] for s in manifest["sessions"].values())
+        problems += _differs(str(out_dir / MANIFEST), f"clips of {split} over all shards", n,
+                             clips)
     return problems
 
 
-def _decode_all(path: Path) -> None:
+def _check_shard_figures(path: Path, entry: dict, manifest: dict) -> list[str]:
     import webdataset as wds
 
+    from .wds_shards import decode_clip, sample_digest
+
+    problems = []
+    n = targets = 0
+    sessions: dict[str, int] = {}
     try:
-        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
-            c = decode_clip(sample)
+        files = wds.tariterators.tar_file_expander([{"url": str(path), "stream":
+                                                    open(path, "rb")}],
+                                                   handler=wds.reraise_exception)
+        for raw in wds.tariterators.group_by_keys(files, handler=wds.reraise_exception):
+            key = raw["__key__"]
+            if entry["sample_sha256"].get(key) != sample_digest(raw):
+                problems.append(f"{path}: sample {key!r} does not match its sha256")
+                continue
+            c = decode_clip(raw)
+            meta = c["meta"]
+            n += 1
+            targets += meta["n_targets"]
+            sessions[meta["session"]] = sessions.get(meta["session"], 0) + 1
+            if meta["window_len"] != manifest["window_len"]:
+                problems.append(f"{path}: sample {key} has window_len {meta['window_len']}, "
+                                f"the manifest says {manifest['window_len']}")
+            if meta["split"] != entry["split"]:
+                problems.append(f"{path}: sample {key} is of split {meta['split']}")
             if not np.isfinite(c["t"]).all():
-                raise StoreError(f"{path}: sample {sample['__key__']} has non-finite times")
+                problems.append(f"{path}: sample {key} has non-finite times")
     except StoreError:
         raise
     except Exception as e:
         raise StoreError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
+    problems += _differs(str(path), "samples", n, entry["n_samples"])
+    problems += _differs(str(path), "owned targets", targets, entry["n_targets"])
+    problems += _differs(str(path), "samples per session", dict(sorted(sessions.items())),
+                         entry["sessions"])
+    return problems
+
+
+def _verify_sources(manifest: dict) -> list[str]:
+    """Sources still found at their recorded path whose content changed since the build."""
+    problems = []
+    for name, summ in sorted(manifest["sessions"].items()):
+        src = summ["source"]
+        p = Path(src.get("path", ""))
+        if src.get("sha256") and p.is_file() and sha256_file(p) != src["sha256"]:
+            problems.append(f"{p}: source of session {name!r} changed since the build; re-run "
+                            "the same build command to re-ingest it")
+    return problems

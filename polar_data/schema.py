@@ -3,7 +3,7 @@ on every read."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SPLITS = ("train", "val", "test")
 

@@ -3,12 +3,10 @@ fsspec URL), so a loader or a model can be set up without touching the data."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import fsspec
-
-from .schema import SCHEMA_VERSION, SPLITS, StoreError, check_schema
+from .manifest import load_manifest
+from .schema import SPLITS, StoreError, check_schema
 
 
 def join(base: str, name: str) -> str:
@@ -35,20 +33,13 @@ class StoreInfo:
     n_windows: dict                     # split -> valid windows over all sessions
     n_targets: dict                     # split -> clip targets owned over all shards
 
+    zarr_files: dict                    # relative path -> {bytes, sha256} of the Zarr store
+
     @classmethod
     def load(cls, base: str, storage_options: dict | None = None) -> StoreInfo:
+        """Read and check ``<base>/manifest.json`` (see :func:`.manifest.load_manifest`)."""
         url = join(str(base), "manifest.json")
-        try:
-            with fsspec.open(url, "rb", **(storage_options or {})) as f:
-                manifest = json.loads(f.read())
-        except FileNotFoundError as e:
-            raise StoreError(f"{url}: manifest missing; build the store with "
-                             "pipelines/build_shards.py (or finish it: --stage finalize)") from e
-        except ValueError as e:
-            raise StoreError(f"{url}: manifest is not valid JSON ({e})") from e
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{url}: schema version {manifest.get('schema_version')!r}, this "
-                             f"code reads {SCHEMA_VERSION}; rebuild the store")
+        manifest = load_manifest(base, storage_options)
         check_schema(manifest, url)
         names = tuple(sorted(manifest["sessions"]))
         sess = [manifest["sessions"][n] for n in names]
@@ -76,6 +67,7 @@ class StoreInfo:
             n_windows={sp: sum(s["n_windows"][sp] for s in sess) for sp in SPLITS},
             n_targets={sp: sum(e["n_targets"] for e in shards if e["split"] == sp)
                        for sp in SPLITS},
+            zarr_files=manifest["zarr_files"],
         )
 
     def shard_urls(self, split: str) -> list[tuple[str, dict]]:

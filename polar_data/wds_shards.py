@@ -14,12 +14,15 @@ array zstd-compressed:
     dfs.npy.zst       bool [n, N] unit mask at the targets
     true_rate.npy.zst float32 [n, N] (demo stores only)
 
-Shards are named ``<split>-<k:05d>.tar``; clips of every session are shuffled together (seed
-``store.shard_seed``) before they are cut into shards, so a shard mixes sessions.
+The manifest lists the sha256 of every sample (:func:`sample_digest`): loaders check each
+sample against it before decoding. Shards are named ``<split>-<k:05d>.tar``; clips of every
+session are shuffled together (seed ``store.shard_seed``) before they are cut into shards,
+so a shard mixes sessions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -44,10 +47,9 @@ def _from_npy(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(numcodecs.Zstd().decode(b)), allow_pickle=False)
 
 
-def clip_table(root, window_len: int) -> dict[str, np.ndarray]:
-    """Per split: int64 [C, 3] rows (session index, first target, number of targets) over all
-    sessions of the Zarr ``root`` group, sessions in name order."""
-    names = sorted(root.group_keys())
+def clip_table(root, window_len: int, names: list[str]) -> dict[str, np.ndarray]:
+    """Per split: int64 [C, 3] rows (session index, first target, number of targets) over the
+    sessions ``names`` (sorted) of the Zarr ``root`` group."""
     table = {}
     for split in SPLITS:
         rows = []
@@ -104,6 +106,21 @@ def encode_clip(g, session_index: int, split: str, start: int, n_targets: int,
     return sample
 
 
+def sample_digest(sample: dict) -> str:
+    """sha256 (hex) of one sample's key, member names and member bytes, in name order.
+
+    The same for the dict written by :func:`write_shard` and the raw dict that WebDataset's
+    ``group_by_keys`` yields when reading it back (leading dots of member names ignored);
+    the manifest lists it per sample so that a loader checks each sample before using it.
+    """
+    h = hashlib.sha256(str(sample["__key__"]).encode() + b"\0")
+    members = {k.lstrip("."): v for k, v in sample.items() if not k.startswith("__")}
+    for name in sorted(members):
+        data = members[name]
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
 def decode_clip(sample: dict) -> dict:
     """Inverse of :func:`encode_clip` on the raw bytes WebDataset yields (keys without dot)."""
     def get(k):
@@ -138,17 +155,21 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     split = shard_path.name.split("-")[0]
     owned = 0
     per_session: dict[str, int] = {}
+    digests: dict[str, str] = {}
     with open(part, "wb") as f:
         # fixed mtime/user so a rebuilt shard is byte-identical
         with wds.TarWriter(f, encoder=False, mtime=0.0, user="polar", group="polar") as tw:
             for sess, start, n in rows:
                 g = root[names[sess]]
-                tw.write(encode_clip(g, int(sess), split, int(start), int(n), window_len))
+                sample = encode_clip(g, int(sess), split, int(start), int(n), window_len)
+                tw.write(sample)
+                digests[sample["__key__"]] = sample_digest(sample)
                 owned += int(n)
                 per_session[names[sess]] = per_session.get(names[sess], 0) + 1
     part.replace(shard_path)
     return {"name": shard_path.name, "split": split, "n_samples": int(len(rows)),
-            "n_targets": owned, "sessions": dict(sorted(per_session.items()))}
+            "n_targets": owned, "sessions": dict(sorted(per_session.items())),
+            "sample_sha256": digests}
 
 
 def count_tar_samples(path: Path) -> int:

@@ -2,9 +2,10 @@
 
 Pipeline per DataLoader worker (webdataset's tar stages do the parsing)::
 
-    epoch shard order (seed, epoch) -> this rank's and worker's shards -> open + sha256 check
-    -> tar_file_expander -> group_by_keys -> decode clip -> clip shuffle buffer
-    -> [window mode: cut windows, window shuffle buffer] -> one-session batches
+    epoch shard order (seed, epoch) -> this rank's and worker's shards -> open
+    -> tar_file_expander -> group_by_keys -> sha256 check per sample -> decode clip
+    -> clip shuffle buffer -> [window mode: cut windows, window shuffle buffer]
+    -> one-session batches
 
 Guarantees:
 * Every rank yields exactly ``len(self)`` batches per epoch (shards are cycled if a rank runs
@@ -12,8 +13,11 @@ Guarantees:
 * Ranks and workers read disjoint shards (when there are at least ranks x workers shards).
 * Epoch ``e`` uses seed ``(seed, e)``: epochs differ, and a run restarted at epoch ``e``
   (``start_epoch``) gets the same fresh order an uninterrupted run would.
-* A shard whose bytes do not match the manifest's sha256, or that cannot be parsed, raises
-  StoreError naming it, unless ``skip_corrupt`` (then it is skipped with a warning).
+* Nothing unverified reaches a batch: each sample is checked against its sha256 in the
+  manifest before it is decoded, and a shard holding other samples than the manifest lists,
+  or that cannot be parsed, raises StoreError naming shard and sample, unless
+  ``skip_corrupt`` (then the rest of that shard is skipped with a warning; samples already
+  passed on were verified).
 
 The epoch counter lives in each worker: use persistent workers (the DataModule does) so that
 the counter survives between epochs.
@@ -21,7 +25,6 @@ the counter survives between epochs.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import warnings
 from collections.abc import Iterator
@@ -34,29 +37,30 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .batches import clip_items, collate, windows_from_clip
 from .schema import StoreError
 from .store_info import StoreInfo
-from .wds_shards import decode_clip
+from .wds_shards import decode_clip, sample_digest
 
 
-class _HashingReader:
-    """File-like wrapper that hashes what is read; ``check()`` compares at end of stream."""
-
-    def __init__(self, f, url: str, expected: str | None):
-        self.f, self.url, self.expected = f, url, expected
-        self.h = hashlib.sha256()
-
-    def read(self, n=-1):
-        b = self.f.read(n)
-        self.h.update(b)
-        return b
-
-    def check(self):
-        while self.read(1 << 20):  # hash whatever tar left unread (padding)
-            pass
-        if self.expected and self.h.hexdigest() != self.expected:
-            raise StoreError(f"{self.url}: sha256 mismatch with the manifest (corrupt shard)")
-
-    def close(self):
-        self.f.close()
+def checked_samples(raw_samples: Iterator[dict], url: str, entry: dict,
+                    verify: bool = True) -> Iterator[dict]:
+    """Pass on each raw sample of shard ``url`` only after its bytes match the manifest's
+    ``sample_sha256`` (:func:`polar_data.wds_shards.sample_digest`); at the end, check that
+    the shard held exactly the manifest's samples. Raises StoreError naming shard and sample,
+    so nothing unverified ever reaches a batch."""
+    expected = entry.get("sample_sha256") or {}
+    seen = 0
+    for raw in raw_samples:
+        key = raw.get("__key__")
+        if verify:
+            if key not in expected:
+                raise StoreError(f"{url}: sample {key!r} is not in the manifest (corrupt shard)")
+            if sample_digest(raw) != expected[key]:
+                raise StoreError(f"{url}: sample {key!r} does not match its sha256 in the "
+                                 "manifest (corrupt shard)")
+        seen += 1
+        yield raw
+    if verify and seen != entry["n_samples"]:
+        raise StoreError(f"{url}: {seen} samples, the manifest lists {entry['n_samples']} "
+                         "(truncated shard)")
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -150,17 +154,14 @@ class ShardStream(IterableDataset):
         while True:
             for url, entry in shards:
                 try:
-                    stream = _HashingReader(fsspec.open(url, "rb", **self.storage_options).open(),
-                                            url, entry.get("sha256") if self.verify_checksums
-                                            else None)
-                    files = wds.tariterators.tar_file_expander(
-                        [{"url": url, "stream": stream}], handler=wds.reraise_exception)
-                    for raw in wds.tariterators.group_by_keys(files,
-                                                              handler=wds.reraise_exception):
-                        raw["__url__"] = url
-                        yield decode_clip(raw)
-                    stream.check()
-                    stream.close()
+                    with fsspec.open(url, "rb", **self.storage_options) as stream:
+                        files = wds.tariterators.tar_file_expander(
+                            [{"url": url, "stream": stream}], handler=wds.reraise_exception)
+                        raws = wds.tariterators.group_by_keys(files,
+                                                              handler=wds.reraise_exception)
+                        for raw in checked_samples(raws, url, entry, self.verify_checksums):
+                            raw["__url__"] = url
+                            yield decode_clip(raw)
                 except Exception as e:
                     err = e if isinstance(e, StoreError) else StoreError(
                         f"{url}: corrupt or unreadable shard ({type(e).__name__}: {e})")

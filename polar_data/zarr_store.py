@@ -34,26 +34,38 @@ from .session import Session, SessionError
 from .splits import assign_trials
 
 
-def pixel_stats(stim: np.ndarray, chunk_bytes: int = 1 << 18) -> dict:
-    """Mean and std of uint8 frames [T, H, W] (chunked float32 sums, float64 totals)."""
+def pixel_stats(stim: np.ndarray, chunk_bytes: int = 1 << 22) -> dict:
+    """Exact statistics of uint8 frames [T, H, W]: ``count``, integer ``sum`` and ``sum_sq``
+    (from a histogram of each chunk), and the ``mean`` and ``std`` they give."""
     flat = stim.reshape(-1)
-    s = s2 = 0.0
+    hist = np.zeros(256, dtype=np.int64)
     for i in range(0, flat.size, chunk_bytes):
-        x = flat[i : i + chunk_bytes].astype(np.float32)
-        s += float(x.sum(dtype=np.float64))
-        s2 += float(np.dot(x, x))  # BLAS: exact enough for a normalisation constant
-    n = flat.size
-    mean = s / n
-    return {"mean": mean, "std": float(np.sqrt(max(s2 / n - mean * mean, 0.0))), "count": n}
+        hist += np.bincount(flat[i : i + chunk_bytes], minlength=256)
+    return stats_from_sums(int(flat.size), *_hist_sums(hist))
+
+
+def _hist_sums(hist: np.ndarray) -> tuple[int, int]:
+    v = np.arange(256, dtype=object)
+    return int((hist.astype(object) * v).sum()), int((hist.astype(object) * v * v).sum())
+
+
+def stats_from_sums(count: int, total: int, total_sq: int) -> dict:
+    """Pixel statistics from exact integer sums (any number of sessions added together)."""
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    return {"count": count, "sum": total, "sum_sq": total_sq, "mean": mean,
+            "std": float(np.sqrt(var))}
 
 
 def session_attrs(session: Session, window_len: int, store_cfg, stats: dict,
-                  n_windows: dict, n_clips: dict, split_of_trial: dict) -> dict:
+                  n_windows: dict, n_clips: dict, split_of_trial: dict, dfs: np.ndarray,
+                  split: np.ndarray) -> dict:
     prov = session.provenance
     return {
         "schema_version": SCHEMA_VERSION,
         "conventions": CONVENTIONS,
         "name": session.name,
+        "name_in_file": session.extra.get("name_in_file", session.name),
         "stim_type": session.stim_type,
         "rate_hz": session.rate_hz,
         "ppd": session.ppd,
@@ -61,7 +73,7 @@ def session_attrs(session: Session, window_len: int, store_cfg, stats: dict,
         "n_bins": session.n_bins,
         "n_units": session.n_units,
         "unit_ids": [int(u) for u in session.unit_ids],
-        "mean_rate": [float(x) for x in _mean_rates(session)],
+        "mean_rate": [float(x) for x in train_mean_rates(session.robs, dfs, split)],
         "window_len": window_len,
         "clip_len": store_cfg.clip_len,
         "splits": dict(store_cfg.splits),
@@ -76,10 +88,12 @@ def session_attrs(session: Session, window_len: int, store_cfg, stats: dict,
     }
 
 
-def _mean_rates(session: Session) -> np.ndarray:
-    """Per-unit mean spikes per bin over the unit's valid bins (readout bias init)."""
-    m = session.unit_mask()
-    return (session.robs * m).sum(0) / np.maximum(m.sum(0), 1)
+def train_mean_rates(robs: np.ndarray, dfs: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """float64 [N]: per-unit mean spikes per bin over the training targets only (bins of the
+    train split where ``dfs`` counts the unit), for the readout's bias: validation and test
+    bins never inform a model. 0 for a unit with no training target."""
+    m = dfs & (split == SPLITS.index("train"))[:, None]
+    return (robs.astype(np.float64) * m).sum(0) / np.maximum(m.sum(0), 1)
 
 
 def write_session_group(session: Session, group_path: Path, window_len: int, store_cfg) -> dict:
@@ -128,7 +142,7 @@ def write_session_group(session: Session, group_path: Path, window_len: int, sto
         n_windows[name] = int(len(ends))
         n_clips[name] = int(len(clips))
     attrs = session_attrs(session, window_len, store_cfg, pixel_stats(session.stim),
-                          n_windows, n_clips, split_of_trial)
+                          n_windows, n_clips, split_of_trial, dfs, split)
     g.attrs.update(attrs)
     return attrs
 

@@ -19,6 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset, Sampler
 
 from .batches import collate, pad_clip
+from .manifest import check_chunk_files
 from .schema import SPLITS, StoreError
 from .store_info import StoreInfo
 from .wds_stream import dist_rank_world
@@ -33,16 +34,22 @@ class ZarrWindows(Dataset):
     """Windows (``mode='window'``) or clips (``mode='clip'``) of one split of a local store.
 
     Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a clip's first
-    target bin (clip mode also keeps the clip's number of targets).
+    target bin (clip mode also keeps the clip's number of targets). On construction every
+    file of the store is checked to exist with its manifest size (``verify_chunks``: and its
+    sha256); a missing or truncated chunk raises StoreError naming array and chunk.
     """
 
-    def __init__(self, info: StoreInfo, split: str, mode: str = "window"):
+    def __init__(self, info: StoreInfo, split: str, mode: str = "window",
+                 verify_chunks: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if mode not in ("window", "clip"):
             raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
         self.info, self.split, self.mode = info, split, mode
         self.path = Path(info.base) / "zarr"
+        # Zarr reads a missing chunk as its fill value: check the files first (sizes always,
+        # sha256 with verify_chunks), naming array and chunk
+        check_chunk_files(self.path, info.zarr_files, full_hash=verify_chunks)
         root = self._root()
         rows, n_targets = [], []
         for i, name in enumerate(info.sessions):

@@ -1,6 +1,7 @@
 """Loaders: contents, order, splits, ranks/workers, epochs, memory, object stores, bad stores."""
 
 import shutil
+import tarfile
 import tracemalloc
 import warnings
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from polar_data.schema import SPLITS, StoreError
+from polar_data.schema import SCHEMA_VERSION, SPLITS, StoreError
 from polar_data.store_info import StoreInfo
 from polar_data.wds_stream import ShardStream
 from polar_data.zarr_store import open_store
@@ -217,7 +218,8 @@ def test_bad_stores_fail_naming_the_file(tiny_store, tmp_path):
         StoreInfo.load(str(tmp_path / "nowhere"))
     bad = _copy(tiny_store, tmp_path)
     text = (bad / "manifest.json").read_text()
-    (bad / "manifest.json").write_text(text.replace('"schema_version": 1', '"schema_version": 0'))
+    (bad / "manifest.json").write_text(text.replace(f'"schema_version": {SCHEMA_VERSION}',
+                                                    '"schema_version": 0'))
     with pytest.raises(StoreError, match="schema version 0"):
         StoreInfo.load(str(bad))
 
@@ -227,10 +229,13 @@ def test_corrupt_shard_mid_stream_is_named_unless_skipped(tiny_store, tmp_path):
     info = StoreInfo.load(str(bad))
     victim = bad / "wds" / "train-00001.tar"
     data = bytearray(victim.read_bytes())
-    data[2000] ^= 0xFF  # inside a member: tar still parses, the checksum catches it
+    with tarfile.open(victim) as tf:
+        member = [m for m in tf.getmembers() if m.name.endswith("stim.zst")][1]
+    data[member.offset_data + 10] ^= 0xFF  # inside a member: tar still parses
     victim.write_bytes(bytes(data))
     ds = ShardStream(info, "train", "clip", batch_size=2, shuffle=False, single_pass=True)
-    with pytest.raises(StoreError, match=r"train-00001\.tar: sha256 mismatch"):
+    with pytest.raises(StoreError, match=r"train-00001\.tar: sample .* does not match its "
+                       "sha256"):
         list(ds)
     victim.write_bytes(bytes(data[:3000]))  # truncated mid-member
     with pytest.raises(StoreError, match=r"train-00001\.tar"):

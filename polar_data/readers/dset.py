@@ -165,7 +165,8 @@ def read_dset(
         stim_type=str(meta.get("stim_type", path.stem)),
         unit_valid=unit_valid,
         true_rate=None if true_all is None else true_all[:, cids],
-        provenance=Provenance(source=str(path), sha256=sha256_file(path), reader="dset"),
+        provenance=Provenance(source=str(Path(path).resolve()), sha256=sha256_file(path),
+                              reader="dset"),
     )
     return session.validate()
 

@@ -185,7 +185,8 @@ def read_nwb(path: str | Path) -> Session:
             stim_type=str(nwb.stimulus_notes or "backimage"),
             unit_valid=unit_valid,
             true_rate=true_rate,
-            provenance=Provenance(source=str(path), sha256=sha256_file(path), reader="nwb"),
+            provenance=Provenance(source=str(Path(path).resolve()), sha256=sha256_file(path),
+                                  reader="nwb"),
         )
     return session.validate()
 
