@@ -5,6 +5,9 @@
     python pipelines/train.py --data configs/data/demo.yaml --model configs/model/baseline.yaml
     python pipelines/train.py --resume runs/full/checkpoints/last.ckpt
 
+Preemption: on SIGTERM (or SIGUSR1) the current batch finishes, ``last.ckpt`` is saved and the
+process exits with status 0; requeue the job with ``--resume <run>/checkpoints/last.ckpt``.
+
 On a cluster (Lightning DDP over nodes x GPUs, data streamed from WebDataset shards; set
 ``loader.store`` to the store's folder or s3:// URL and ``loader.kind: wds``):
 
@@ -34,6 +37,7 @@ from polar_data.schema import StoreError
 from polar_model.build import required_window_len
 from polar_model.config import load_model_config
 from polar_model.lit_module import EncodingModule, TrainConfig
+from polar_model.preemption import SaveLast
 from polar_model.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +81,8 @@ def parse_args(argv=None):
 
 def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
     callbacks = [ModelCheckpoint(dirpath=out / "checkpoints", filename="best",
-                                 monitor="val/bps", mode="max", save_top_k=1, save_last=True)]
+                                 monitor="val/bps", mode="max", save_top_k=1),
+                 SaveLast(out / "checkpoints")]  # every validation, the end, SIGTERM/SIGUSR1
     if tc.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=tc.ema_decay))
     devices = int(a.devices) if str(a.devices).isdigit() else a.devices
