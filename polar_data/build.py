@@ -130,6 +130,12 @@ def check_settings(out_dir: Path, wanted: dict) -> None:
     path = out_dir / "build.json"
     if path.is_file():
         have = json.loads(path.read_text())
+        if have.get("schema_version") != wanted["schema_version"]:
+            raise BuildError(
+                f"{out_dir} was built by another version of this code (store schema "
+                f"{have.get('schema_version')!r}, this code writes {wanted['schema_version']}). "
+                "Delete the folder or use another store.out_dir."
+            )
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise BuildError(
