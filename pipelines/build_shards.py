@@ -52,6 +52,16 @@ def parse_args(argv=None):
     p.add_argument("--num-jobs", type=int, default=1, help="number of jobs (array jobs)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow .dset files (Python pickles: only for files you trust)")
+    p.add_argument("--nwb-gaze", metavar="NAME",
+                   help="NWB: the EyeTracking SpatialSeries to use when a file has several")
+    p.add_argument("--nwb-stimulus", metavar="NAME",
+                   help="NWB: the stimulus series to use when a file has several")
+    p.add_argument("--screen-ppd", type=float,
+                   help="NWB: screen image pixels per degree, if the file does not record it")
+    p.add_argument("--crop-deg", type=float,
+                   help="NWB: gaze-contingent crop side in degrees, if the file does not say")
+    p.add_argument("--crop-px", type=int,
+                   help="NWB: crop side in pixels when rendering from screen images (51)")
     p.add_argument("--verify", action="store_true",
                    help="only re-read the finished build and check it against its manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,7 +80,8 @@ def summary_table(results, elapsed: float) -> str:
         status = "FAILED" if r.error else ("skipped (done)" if r.skipped else "ok")
         wins = "".join(f"{r.n_windows.get(s, 0):>9}" for s in SPLITS)
         rate = r.frame_bytes / 1e6 / r.seconds if r.seconds and not r.skipped else 0.0
-        lines.append(f"{(r.name or Path(r.source).name)[:15]:<16}{r.n_units:>6}{r.n_bins:>9}"
+        label = (r.name or r.source.rsplit("/", 1)[-1])[:15]
+        lines.append(f"{label:<16}{r.n_units:>6}{r.n_bins:>9}"
                      f"{wins}{r.bytes_written / 1e6:>9.1f}{rate:>8.1f}  {status}")
         tot_frames += r.n_bins
         tot_bytes += r.bytes_written
@@ -94,6 +105,12 @@ def main(argv=None) -> int:
             cfg.store.out_dir = a.out
         if a.trust_pickle:
             cfg.store.trust_pickle = True
+        for flag, key in (("nwb_gaze", "gaze"), ("nwb_stimulus", "stimulus"),
+                          ("screen_ppd", "screen_ppd"), ("crop_deg", "crop_deg"),
+                          ("crop_px", "crop_px")):
+            if getattr(a, flag) is not None:
+                setattr(cfg.nwb, key, getattr(a, flag))
+        cfg.nwb.__post_init__()
         out = Path(cfg.store.out_dir)
         if a.verify:
             with build_lock(out, "verify"):
@@ -104,7 +121,7 @@ def main(argv=None) -> int:
             return 1 if problems else 0
         with build_lock(out, a.stage, a.job_index, a.num_jobs):
             return build(a, cfg, out, progress)
-    except (BuildError, BuildLocked, ConfigError) as e:
+    except (BuildError, BuildLocked, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

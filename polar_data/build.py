@@ -100,15 +100,22 @@ def resolve_window_len(cfg: DataConfig, model_config: str | Path | None) -> int:
     return asked
 
 
-def resolve_sources(patterns: list[str]) -> list[Path]:
-    """Expand paths / globs to a sorted list of session files; unknown patterns are errors."""
+def resolve_sources(patterns: list[str]) -> list[str]:
+    """Expand paths / globs to a sorted list of session files; unknown patterns are errors.
+    URLs (``s3://bucket/x.nwb``) are kept as they are (NWB only)."""
     out = []
     for pat in patterns:
-        hits = sorted(glob.glob(str(pat), recursive=True))
+        pat = str(pat)
+        if "://" in pat:
+            if not pat.endswith(".nwb"):
+                raise BuildError(f"{pat}: only NWB files can be read from a URL")
+            out.append(pat)
+            continue
+        hits = sorted(glob.glob(pat, recursive=True))
         if not hits:
             raise BuildError(f"{pat}: no session file matches")
-        out += [Path(h) for h in hits]
-    bad = [p for p in out if p.suffix not in (".dset", ".nwb")]
+        out += hits
+    bad = [p for p in out if not p.endswith((".dset", ".nwb"))]
     if bad:
         raise BuildError(f"{bad[0]}: not a session file (.dset or .nwb)")
     return sorted(set(out))
@@ -121,8 +128,10 @@ def settings(cfg: DataConfig, window_len: int) -> dict:
     store = to_dict(cfg.store)
     store.pop("out_dir")
     store.pop("trust_pickle")
+    nwb = to_dict(cfg.nwb)
+    nwb.pop("storage_options")  # how to reach the files (credentials), not what they hold
     return {"schema_version": SCHEMA_VERSION, "window_len": window_len, "store": store,
-            "demo": to_dict(cfg.demo) if not cfg.sessions else None}
+            "nwb": nwb, "demo": to_dict(cfg.demo) if not cfg.sessions else None}
 
 
 def check_settings(out_dir: Path, wanted: dict) -> None:
@@ -136,6 +145,10 @@ def check_settings(out_dir: Path, wanted: dict) -> None:
                 f"{have.get('schema_version')!r}, this code writes {wanted['schema_version']}). "
                 "Delete the folder or use another store.out_dir."
             )
+        nothing_built = not any((out_dir / "parts").glob("session-*.json"))
+        if have != wanted and nothing_built:  # e.g. a first try that failed on every session
+            write_json_atomic(path, wanted)
+            return
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise BuildError(
@@ -163,7 +176,7 @@ def _demo_one(cfg: DataConfig, index: int, folder: str) -> str:
 
 
 def demo_sources(cfg: DataConfig, out_dir: Path, job_index: int, num_jobs: int, workers: int,
-                 progress: bool) -> list[Path]:
+                 progress: bool) -> list[str]:
     """Generate (if missing) the demo sessions; return all demo NWB paths."""
     folder = out_dir / "sessions"
     folder.mkdir(parents=True, exist_ok=True)
@@ -176,14 +189,19 @@ def demo_sources(cfg: DataConfig, out_dir: Path, job_index: int, num_jobs: int, 
             futures = [pool.submit(_demo_one, cfg, i, str(folder)) for i in todo]
             for f in tqdm(futures, desc="generate demo sessions", disable=not progress):
                 f.result()
-    return paths
+    return [str(p) for p in paths]
 
 
 # ----------------------------------------------------------------------------- ingest
 
 
-def _part_path(out_dir: Path, source: Path) -> Path:
-    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:16]
+def _source_key(source: str) -> str:
+    """A source's location: a URL as given, a local path resolved."""
+    return source if "://" in str(source) else str(Path(source).resolve())
+
+
+def _part_path(out_dir: Path, source: str) -> Path:
+    key = hashlib.sha1(_source_key(source).encode()).hexdigest()[:16]
     return out_dir / "parts" / f"session-{key}.json"
 
 
@@ -195,23 +213,23 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
                progress: bool = False) -> SessionResult:
     """Read, check and write one session's Zarr group; never raises: any exception is
     reported in ``SessionResult.error`` with the source file and the exception's type."""
-    from .readers import read_session
+    from .readers import read_session, source_sha256
     from .zarr_store import write_session_group
 
     t0 = time.perf_counter()
-    src, out = Path(source), Path(out_dir)
+    src, out = str(source), Path(out_dir)
     part = _part_path(out, src)
-    res = SessionResult(source=str(src))
+    res = SessionResult(source=src)
     try:
-        digest = sha256_file(src)
+        digest = source_sha256(src, cfg.nwb.storage_options)
         if part.is_file():
             done = json.loads(part.read_text())
             name = session_folder_name(done.get("name", ""), part)
             if done.get("sha256") == digest and (out / "zarr" / name).is_dir():
                 return SessionResult(**done["result"], skipped=True)
-        steps = tqdm(total=3, desc=src.name, leave=False, disable=not progress)
+        steps = tqdm(total=3, desc=src.rsplit("/", 1)[-1], leave=False, disable=not progress)
         session = read_session(src, trust_pickle=cfg.store.trust_pickle,
-                               target_rate_hz=cfg.store.target_rate_hz)
+                               target_rate_hz=cfg.store.target_rate_hz, nwb=cfg.nwb)
         name = session_folder_name(session.name, src)
         if name != session.name:
             session.extra["name_in_file"] = session.name  # recorded in the group's attrs
@@ -238,15 +256,15 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
         # no timings in the record: a rebuilt folder must be byte-identical
         record = {k: v for k, v in res.__dict__.items() if k not in ("skipped", "seconds")}
         part.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(part, {"source": str(src.resolve()), "sha256": digest, "name": name,
+        write_json_atomic(part, {"source": _source_key(src), "sha256": digest, "name": name,
                                  "result": record})
     except Exception as e:  # a malformed file may raise anything: report it, go on
-        msg = str(e) if str(src) in str(e) else f"{src}: {e}"
+        msg = str(e) if src in str(e) else f"{src}: {e}"
         res.error = f"{msg} ({type(e).__name__})"
     return res
 
 
-def ingest(sources: list[Path], cfg: DataConfig, window_len: int, out_dir: Path,
+def ingest(sources: list[str], cfg: DataConfig, window_len: int, out_dir: Path,
            job_index: int = 0, num_jobs: int = 1, workers: int = 1,
            progress: bool = True) -> list[SessionResult]:
     """Ingest this job's sources; a failed session is reported in its result, never raised."""
@@ -277,7 +295,7 @@ def ingest(sources: list[Path], cfg: DataConfig, window_len: int, out_dir: Path,
 # ----------------------------------------------------------------------------- shards
 
 
-def _ingested(out_dir: Path, sources: list[Path]) -> dict[str, str]:
+def _ingested(out_dir: Path, sources: list[str]) -> dict[str, str]:
     """{session name: sha256 of its source} for every source, from the ingest records."""
     out = {}
     for src in sources:
@@ -314,7 +332,7 @@ def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
     return entry
 
 
-def shard_plan(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int):
+def shard_plan(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int):
     """(session names, {name: source sha256}, [(shard name, rows, content key), ...])."""
     from .wds_shards import clip_table, plan_shards
 
@@ -338,7 +356,7 @@ def _shard_done(out_dir: Path, name: str, inputs: str) -> bool:
             and json.loads(part.read_text()).get("inputs") == inputs)
 
 
-def write_shards(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int,
+def write_shards(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int,
                  job_index: int = 0, num_jobs: int = 1, workers: int = 1,
                  progress: bool = True) -> list[dict]:
     """Write this job's shards whose content key changed (or that are missing)."""
@@ -375,7 +393,7 @@ def _remove_stale(out_dir: Path, names: list[str], shard_names: set[str]) -> Non
         p.unlink()
 
 
-def finalize(out_dir: Path, sources: list[Path], cfg: DataConfig, window_len: int) -> dict:
+def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int) -> dict:
     """Write the Zarr root group attributes and ``manifest.json``; returns the manifest."""
     names, digests, plan = shard_plan(out_dir, sources, cfg, window_len)
     shards = []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import load_config
 from .demo.generate import DemoConfig
+from .readers.nwb import NwbOptions
 from .schema import SPLITS
 
 DEFAULT_WINDOW_LEN = 16
@@ -78,13 +79,15 @@ class LoaderConfig:
 class DataConfig:
     """Top level of ``configs/data/*.yaml``.
 
-    ``sessions``: paths or globs of ``.dset`` / ``.nwb`` files; empty means "generate the
-    demo sessions described by ``demo``".
+    ``sessions``: paths or globs of ``.dset`` / ``.nwb`` files (or ``s3://...`` NWB URLs);
+    empty means "generate the demo sessions described by ``demo``". ``nwb``: choices and
+    geometry for NWB files that do not record them (``polar_data.readers.nwb.NwbOptions``).
     """
 
     sessions: list[str] = field(default_factory=list)
     demo: DemoConfig = field(default_factory=DemoConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    nwb: NwbOptions = field(default_factory=NwbOptions)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
 
 

@@ -2,12 +2,13 @@
 
 Each sample is one clip (see :mod:`polar_data.clips`): ``n`` target bins (``n <= clip_len``)
 plus the ``window_len - 1`` bins of history before them, ``S = window_len - 1 + n`` bins in
-all, oldest first. Members of a sample (key ``<session index>_<first target bin>``), every
-array zstd-compressed:
+all, oldest first. Members of a sample (key ``<session index>_<first target bin>``); every
+array is a ``.npy`` file (numpy's format, header included) compressed with zstd, so plain
+tools decode it (``zstd -d``, or ``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``):
 
     meta.json         session, session_index, split, start (first target bin), n_targets,
                       window_len, clip_len, frame_hw
-    stim.zst          uint8 [S, H, W] frames (raw bytes)
+    stim.npy.zst      uint8 [S, H, W] frames
     eyepos.npy.zst    float32 [S, 2] degrees, x right / y up
     t.npy.zst         float64 [S] seconds
     robs.npy.zst      int32 [n, N] counts at the targets
@@ -44,7 +45,17 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def _from_npy(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(numcodecs.Zstd().decode(b)), allow_pickle=False)
+    """Inverse of :func:`_npy`, without copying the array out of the decompressed bytes."""
+    raw = numcodecs.Zstd().decode(b)
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read_header(f)
+    if dtype.hasobject:
+        raise StoreError("a shard member holds Python objects (refused)")
+    a = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
+    return a.reshape(shape, order="F" if fortran else "C")
 
 
 def clip_table(root, window_len: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -95,7 +106,7 @@ def encode_clip(g, session_index: int, split: str, start: int, n_targets: int,
     sample = {
         "__key__": f"{session_index:04d}_{start:09d}",
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
-        "stim.zst": numcodecs.Zstd(level=_ZSTD_LEVEL).encode(np.ascontiguousarray(stim)),
+        "stim.npy.zst": _npy(stim),
         "eyepos.npy.zst": _npy(g["eyepos"][a:b]),
         "t.npy.zst": _npy(g["t"][a:b]),
         "robs.npy.zst": _npy(robs),
@@ -132,11 +143,13 @@ def decode_clip(sample: dict) -> dict:
 
     meta = json.loads(get("meta.json"))
     S = meta["window_len"] - 1 + meta["n_targets"]
-    H, W = meta["frame_hw"]
-    raw = numcodecs.Zstd().decode(get("stim.zst"))
+    stim = _from_npy(get("stim.npy.zst"))
+    if stim.shape != (S, *meta["frame_hw"]) or stim.dtype != np.uint8:
+        raise StoreError(f"sample {sample.get('__key__')!r}: stim is {stim.dtype} "
+                         f"{stim.shape}, its meta says uint8 {(S, *meta['frame_hw'])}")
     out = {
         "meta": meta,
-        "stim": np.frombuffer(raw, dtype=np.uint8).reshape(S, H, W),
+        "stim": stim,
         "eyepos": _from_npy(get("eyepos.npy.zst")),
         "t": _from_npy(get("t.npy.zst")),
         "robs": _from_npy(get("robs.npy.zst")),

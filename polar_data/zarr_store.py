@@ -33,6 +33,21 @@ from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS, StoreError, check_schem
 from .session import Session, SessionError
 from .splits import assign_trials
 
+# dimension names (Zarr v3 ``dimension_names``, read by xarray) and units of every array
+ARRAY_DIMS = {
+    "stim": (("time", "y", "x"), "luminance, uint8 0..255 (row 0 = top)"),
+    "eyepos": (("time", "xy"), "degrees of visual angle (x right, y up)"),
+    "eye_valid": (("time",), "bool"),
+    "trial": (("time",), "trial id"),
+    "t": (("time",), "seconds (bin start)"),
+    "robs": (("time", "unit"), "spikes per bin"),
+    "dfs": (("time", "unit"), "bool"),
+    "split": (("time",), "0 train, 1 val, 2 test"),
+    "true_rate": (("time", "unit"), "expected spikes per bin"),
+    "windows": (("window",), "bin index of each valid window's last bin"),
+    "clips": (("clip", "start_count"), "(first target bin, number of targets)"),
+}
+
 
 def pixel_stats(stim: np.ndarray, chunk_bytes: int = 1 << 22) -> dict:
     """Exact statistics of uint8 frames [T, H, W]: ``count``, integer ``sum`` and ``sum_sq``
@@ -119,8 +134,10 @@ def write_session_group(session: Session, group_path: Path, window_len: int, sto
     cb = store_cfg.chunk_bins
 
     def put(name, data, chunks):
+        dims, units = ARRAY_DIMS[name.split("/")[0]]
         a = g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype,
-                           compressors=comp)
+                           compressors=comp, dimension_names=dims,
+                           attributes={"units": units})
         a[...] = data
 
     put("stim", session.stim, (cb, H, W))

@@ -230,7 +230,7 @@ def test_corrupt_shard_mid_stream_is_named_unless_skipped(tiny_store, tmp_path):
     victim = bad / "wds" / "train-00001.tar"
     data = bytearray(victim.read_bytes())
     with tarfile.open(victim) as tf:
-        member = [m for m in tf.getmembers() if m.name.endswith("stim.zst")][1]
+        member = [m for m in tf.getmembers() if m.name.endswith("stim.npy.zst")][1]
     data[member.offset_data + 10] ^= 0xFF  # inside a member: tar still parses
     victim.write_bytes(bytes(data))
     ds = ShardStream(info, "train", "clip", batch_size=2, shuffle=False, single_pass=True)

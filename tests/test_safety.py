@@ -210,7 +210,7 @@ def test_any_exception_in_one_session_is_reported_and_the_others_complete(tmp_pa
 def _corrupt_member(shard: Path, index: int) -> str:
     """Flip a byte inside the stim member of sample ``index``; return that sample's key."""
     with tarfile.open(shard) as tf:
-        members = [m for m in tf.getmembers() if m.name.endswith("stim.zst")]
+        members = [m for m in tf.getmembers() if m.name.endswith("stim.npy.zst")]
     m = members[index]
     data = bytearray(shard.read_bytes())
     data[m.offset_data + m.size // 2] ^= 0x01

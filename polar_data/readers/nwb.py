@@ -1,36 +1,55 @@
-"""NWB sessions via pynwb.
+"""NWB sessions via pynwb, found by neurodata type (not by object name), as other labs write them.
 
-Supported layout (everything else raises an error saying what is missing):
+What is read, and from where (the README's "NWB" section says the same):
 
-* **Bin grid and gaze**: the first ``EyeTracking`` interface found in a processing module
-  (``behavior`` first) or in ``acquisition``; its first ``SpatialSeries`` (unit ``degrees``,
-  data ``[T, 2]``: x right, y up; NaN where the tracker lost the eye) with ``timestamps`` at
-  the bin starts. Bins outside every trial are dropped. ``eye_valid`` = finite gaze.
-* **Trials**: the ``trials`` table (``start_time``, ``stop_time``; ids = row ids). Without one
-  the whole recording is one trial.
-* **Spikes**: the ``Units`` table. Spike times are binned on the grid: bin i counts spikes in
-  ``[t_i, t_i + 1 / rate)``. ``obs_intervals`` (if present) are the unit's valid periods: a bin
-  is valid for the unit when its midpoint lies inside one.
-* **Stimulus**, one of:
-  A. ``crops``: an ``ImageSeries`` named ``gaze_contingent_stim`` in ``stimulus`` (or
-     ``acquisition``), uint8 ``[T, H, W]`` on the same timestamps as the gaze, and JSON in its
-     ``comments`` with ``ppd`` (crop pixels per degree).
-  B. ``screen``: an ``IndexSeries`` named ``stimulus_presentation`` in ``stimulus`` whose
-     ``indexed_images`` (in ``stimulus_template``) are full-screen grayscale images, with one
-     timestamp per image onset, and JSON in ``comments`` with ``screen_ppd`` (image px/deg),
-     ``crop_px``, ``crop_ppd`` and optional ``fill`` (grey, default 127). The reader renders a
-     gaze-contingent crop at every bin (bilinear, sub-pixel; see :mod:`polar_data.render`),
-     holding the last valid gaze through tracking loss; before the first onset it shows
-     ``fill``.
-* Optional ``processing['ground_truth']['expected_counts']`` (``TimeSeries [T, N]``): the
-  demo generator's true expected counts per bin.
-* Metadata: ``session_id`` (else ``identifier``) is the name; ``stimulus_notes`` the
-  stimulus type (default ``backimage``).
+* **Gaze and the bin grid**: a ``SpatialSeries`` inside an ``EyeTracking`` interface, in
+  ``acquisition`` or any processing module (nested containers included). Data ``[T, 2]``
+  (x right, y up), times from ``timestamps`` or ``starting_time`` + ``rate``; these times are
+  the bin grid. Units: ``degrees`` (also ``deg``/``degree``) as is; ``radians`` converted;
+  ``pixels``/``px`` converted when the geometry is known (screen pixels per degree, and the
+  screen size from the stimulus images: pixel (0, 0) is the top-left corner, rows grow down);
+  anything else is refused naming the unit. ``conversion`` and ``offset`` are applied. NaN
+  where the tracker lost the eye; ``eye_valid`` = finite gaze. More than one candidate: the
+  error lists them and ``--nwb-gaze NAME`` (``nwb.gaze``) picks one.
+* **Trials**: the ``trials`` table (``start_time``, ``stop_time``; ids = row ids); bins outside
+  every trial are dropped. Without a table: one trial per stimulus presentation (screen
+  images) or one trial for the whole recording (crops), said in a warning.
+* **Spikes**: ``Units`` spike times, binned on the grid (bin i counts ``[t_i, t_i + dt)``);
+  ``obs_intervals`` (if present) are each unit's valid periods (a bin is valid when its
+  midpoint lies in one). Unit ids = the table's ids.
+* **Stimulus**, one of (more than one candidate: ``--nwb-stimulus NAME`` / ``nwb.stimulus``):
+  A. *crops*: an ``ImageSeries`` / ``OpticalSeries`` (in ``stimulus`` or ``acquisition``) of
+     gaze-contingent frames ``[F, H, W]`` (or RGB ``[F, H, W, 3]``), sampled onto the gaze's
+     bins (each bin shows the last frame at or before it);
+  B. *screen images*: an ``IndexSeries`` showing ``Images`` from ``stimulus_template``
+     (``GrayscaleImage`` / ``RGBImage`` / ``RGBAImage``, any sizes), one entry per onset, with
+     ``timestamps`` or ``starting_time`` + ``rate``. The reader renders a gaze-contingent crop
+     at every bin (bilinear, sub-pixel; :mod:`polar_data.render`), each image centred on the
+     screen, holding the last valid gaze through tracking loss; before the first onset the
+     screen shows ``fill`` (grey 127).
+  RGB is turned into luminance (``skimage.color.rgb2gray``); float images in ``[0, 1]`` are
+  scaled to ``0..255``; every frame is stored as uint8.
+* **Geometry**: from the file where it records it (JSON in the stimulus series' ``comments``:
+  ``ppd`` for crops; ``screen_ppd``, ``crop_px``, ``crop_ppd`` for screen images), else from
+  the options :class:`NwbOptions` (command line ``--screen-ppd``, ``--crop-deg``,
+  ``--crop-px``; config keys ``nwb.screen_ppd`` ...). Missing geometry is one error naming
+  the options.
+* Optional ``processing['misc' or 'ground_truth']['expected_counts']`` (``TimeSeries [T, N]``):
+  the demo generator's true expected counts per bin.
+* Metadata: ``session_id`` (else ``identifier``) is the name (made safe by the build);
+  ``stimulus_notes`` the stimulus type (default ``backimage``).
+
+Files may be local paths or fsspec URLs (``s3://bucket/file.nwb``, with ``storage_options``):
+remote files are read through ``h5py`` on an fsspec file object, range by range, never
+downloaded whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,152 +62,355 @@ from .dset import bins_in_intervals, mask_to_intervals, median_rate
 
 CROPS_NAME = "gaze_contingent_stim"
 PRESENTATION_NAME = "stimulus_presentation"
+_DEGREES = ("degrees", "degree", "deg")
+_PIXELS = ("pixels", "pixel", "px")
 
 
-def _find_eye_series(nwb, where: str):
-    from pynwb.behavior import EyeTracking
+@dataclass
+class NwbOptions:
+    """Choices and geometry for NWB files that do not record them (all optional).
 
-    containers = [nwb.processing[k] for k in sorted(nwb.processing, key=lambda k: k != "behavior")]
-    for mod in containers:
-        for iface in mod.data_interfaces.values():
-            if isinstance(iface, EyeTracking):
-                return next(iter(iface.spatial_series.values()))
-    for obj in nwb.acquisition.values():
-        if isinstance(obj, EyeTracking):
-            return next(iter(obj.spatial_series.values()))
-    raise SessionError(f"{where}: no EyeTracking SpatialSeries in processing or acquisition")
+    ``gaze`` / ``stimulus``: name (or path) of the object to use when a file has several
+    candidates. ``screen_ppd``: screen image pixels per degree. ``crop_deg``: side of the
+    gaze-contingent crop in degrees; ``crop_px``: its side in pixels (default: 51 when
+    rendering from screen images; the frames' own size for crops). ``storage_options``:
+    fsspec options (credentials, endpoint) for files given as URLs; never recorded.
+    """
+
+    gaze: str | None = None
+    stimulus: str | None = None
+    screen_ppd: float | None = None
+    crop_deg: float | None = None
+    crop_px: int | None = None
+    storage_options: dict = field(default_factory=dict)  # fsspec options for s3:// etc.
+
+    def __post_init__(self):
+        for key in ("screen_ppd", "crop_deg"):
+            v = getattr(self, key)
+            if v is not None and not v > 0:
+                raise ValueError(f"nwb.{key} must be > 0, got {v}")
+        if self.crop_px is not None and self.crop_px < 1:
+            raise ValueError(f"nwb.crop_px must be >= 1, got {self.crop_px}")
 
 
-def _comments(series, where) -> dict:
+def _walk(container, path: str):
+    """(path, object) of every neurodata object below ``container`` (depth first)."""
+    children = getattr(container, "children", None) or []
+    for child in children:
+        p = f"{path}/{child.name}"
+        yield p, child
+        yield from _walk(child, p)
+
+
+def _pick(candidates: list[tuple[str, object]], wanted: str | None, what: str, option: str,
+          where: str):
+    if wanted is not None:
+        hits = [c for c in candidates if wanted in (c[0], c[1].name)]
+        if len(hits) != 1:
+            names = ", ".join(p for p, _ in candidates) or "none"
+            raise SessionError(f"{where}: {option} {wanted!r} matches {len(hits)} of the "
+                               f"{what} candidates ({names})")
+        return hits[0]
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        names = ", ".join(p for p, _ in candidates)
+        raise SessionError(f"{where}: {len(candidates)} {what} candidates ({names}); choose one "
+                           f"with {option} NAME")
+    return candidates[0]
+
+
+def find_gaze(nwb, where: str, wanted: str | None = None):
+    """(path, SpatialSeries) of the gaze: every SpatialSeries inside an EyeTracking."""
+    from pynwb.behavior import EyeTracking, SpatialSeries
+
+    cands = []
+    for path, obj in _walk(nwb, ""):
+        if isinstance(obj, SpatialSeries) and isinstance(obj.parent, EyeTracking):
+            cands.append((path.lstrip("/"), obj))
+    hit = _pick(cands, wanted, "gaze (EyeTracking SpatialSeries)", "--nwb-gaze", where)
+    if hit is None:
+        raise SessionError(f"{where}: no EyeTracking SpatialSeries in acquisition or processing")
+    return hit
+
+
+def find_stimulus(nwb, where: str, wanted: str | None = None):
+    """(path, series) of the stimulus: an IndexSeries of Images, or an ImageSeries /
+    OpticalSeries of frames that no IndexSeries indexes."""
+    from pynwb.image import ImageSeries, IndexSeries
+
+    cands, indexed = [], set()
+    for path, obj in _walk(nwb, ""):
+        if isinstance(obj, IndexSeries):
+            if obj.indexed_images is not None:
+                cands.append((path.lstrip("/"), obj))
+            if getattr(obj, "indexed_timeseries", None) is not None:
+                indexed.add(id(obj.indexed_timeseries))
+    for path, obj in _walk(nwb, ""):
+        if isinstance(obj, ImageSeries) and id(obj) not in indexed and obj.data is not None \
+                and len(getattr(obj.data, "shape", ())) in (3, 4):
+            cands.append((path.lstrip("/"), obj))
+    hit = _pick(cands, wanted, "stimulus (IndexSeries of Images, ImageSeries)",
+                "--nwb-stimulus", where)
+    if hit is None:
+        raise SessionError(f"{where}: no stimulus: expected an IndexSeries showing "
+                           "stimulus_template Images, or an ImageSeries of gaze-contingent "
+                           "frames (see polar_data.readers.nwb)")
+    return hit
+
+
+def _times(series, where: str) -> np.ndarray:
+    if series.timestamps is not None:
+        return np.asarray(series.timestamps[:], dtype=np.float64)
+    if series.rate is None:
+        raise SessionError(f"{where}: {series.name} has neither timestamps nor a rate")
+    n = series.data.shape[0] if hasattr(series.data, "shape") else len(series.data)
+    return float(series.starting_time or 0.0) + np.arange(n) / float(series.rate)
+
+
+def to_uint8_luminance(img, where: str) -> np.ndarray:
+    """uint8 [..., H, W] luminance of grayscale or RGB(A) [..., H, W, 3|4] data, uint8 or
+    float (float in [0, 1] is scaled to 0..255)."""
+    a = np.asarray(img)
+    if a.ndim >= 3 and a.shape[-1] in (3, 4) and a.shape[-2] > 4:
+        from skimage.color import rgb2gray
+
+        rgb = a[..., :3]
+        scale = 255.0 if np.issubdtype(rgb.dtype, np.integer) else (
+            1.0 if np.nanmax(rgb, initial=0) <= 1.0 else 255.0)
+        a = rgb2gray(rgb.astype(np.float64) / scale) * 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        if np.nanmax(a, initial=0) <= 1.0:
+            a = a * 255.0
+    if a.dtype != np.uint8:
+        a = np.clip(np.rint(np.nan_to_num(a, nan=127.0)), 0, 255).astype(np.uint8)
+    return a
+
+
+def _gaze_degrees(series, where: str, screen_ppd: float | None,
+                  screen_hw: tuple[int, int] | None) -> np.ndarray:
+    data = np.asarray(series.data[:], dtype=np.float64)
+    if data.ndim != 2 or data.shape[1] != 2:
+        raise SessionError(f"{where}: {series.name}: expected [T, 2] gaze, got {data.shape}")
+    data = data * float(series.conversion or 1.0) + float(getattr(series, "offset", 0.0) or 0.0)
+    unit = str(series.unit or "").strip().lower()
+    if unit in _DEGREES:
+        return data.astype(np.float32)
+    if unit in ("radians", "radian", "rad"):
+        return np.degrees(data).astype(np.float32)
+    if unit in _PIXELS:
+        if screen_ppd is None or screen_hw is None:
+            raise SessionError(
+                f"{where}: {series.name}: gaze is in {series.unit!r}; converting it to degrees "
+                "needs the screen's pixels per degree (--screen-ppd) and the screen size (from "
+                "screen images in stimulus_template); give them or store gaze in degrees")
+        h, w = screen_hw
+        return np.stack([(data[:, 0] - (w - 1) / 2) / screen_ppd,
+                         ((h - 1) / 2 - data[:, 1]) / screen_ppd], axis=1).astype(np.float32)
+    raise SessionError(f"{where}: {series.name}: gaze unit {series.unit!r} is not degrees, "
+                       "radians or pixels; convert it to degrees (x right, y up)")
+
+
+def _comments(series) -> dict:
     try:
-        return json.loads(series.comments)
-    except (TypeError, ValueError) as e:
-        raise SessionError(
-            f"{where}: {series.name}.comments must be JSON with the geometry keys ({e})"
-        ) from e
+        info = json.loads(series.comments)
+    except (TypeError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
-def read_nwb(path: str | Path) -> Session:
-    """Read one NWB file in the supported layout (module docstring) into a validated Session."""
+def _geometry_error(where: str, what: str) -> SessionError:
+    return SessionError(f"{where}: the file does not record {what}; give it with "
+                        "--screen-ppd and --crop-deg (config keys nwb.screen_ppd, "
+                        "nwb.crop_deg)")
+
+
+def _open(path: str, storage_options: dict | None):
+    """An NWBHDF5IO on a local path or an fsspec URL (read range by range, never whole)."""
     from pynwb import NWBHDF5IO
 
-    path = Path(path)
-    where = str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such NWB file")
+    if "://" not in path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such NWB file")
+        return NWBHDF5IO(path, mode="r", load_namespaces=True), None
+    import fsspec
+    import h5py
+
+    f = fsspec.open(path, "rb", **(storage_options or {})).open()
+    return NWBHDF5IO(file=h5py.File(f, "r"), mode="r", load_namespaces=True), f
+
+
+def source_sha256(path: str, storage_options: dict | None = None) -> str:
+    """sha256 of a local file or an fsspec URL (streamed)."""
+    if "://" not in str(path):
+        return sha256_file(path)
+    import hashlib
+
+    import fsspec
+
+    h = hashlib.sha256()
+    with fsspec.open(str(path), "rb", **(storage_options or {})) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_nwb(path: str | Path, options: NwbOptions | None = None) -> Session:
+    """Read one NWB file (local path or fsspec URL) into a validated Session (module
+    docstring: what is read from where)."""
+    opt = options or NwbOptions()
+    storage_options = opt.storage_options
+    path = str(path)
+    where = path
     try:
-        io = NWBHDF5IO(str(path), mode="r", load_namespaces=True)
+        io, raw = _open(path, storage_options)
         nwb = io.read()
+    except FileNotFoundError:
+        raise
     except Exception as e:  # h5py/hdmf raise many types for a damaged file
         raise SessionError(f"{where}: corrupt or unreadable NWB file ({e})") from e
-    with io:
-        eye = _find_eye_series(nwb, where)
-        if eye.timestamps is None:
-            raise SessionError(f"{where}: {eye.name} needs timestamps (the bin starts)")
-        t_all = np.asarray(eye.timestamps[:], dtype=np.float64)
-        gaze_all = np.asarray(eye.data[:], dtype=np.float32)
-        if gaze_all.ndim != 2 or gaze_all.shape[1] != 2:
-            raise SessionError(f"{where}: {eye.name}: expected [T, 2] gaze, got {gaze_all.shape}")
-        if eye.unit not in ("degrees", "deg", "degree"):
-            raise SessionError(f"{where}: {eye.name}: gaze unit must be degrees, got {eye.unit!r}")
-
-        # trials -> bin trial ids; drop bins outside trials
-        if nwb.trials is not None and len(nwb.trials) > 0:
-            starts = np.asarray(nwb.trials["start_time"][:], dtype=np.float64)
-            stops = np.asarray(nwb.trials["stop_time"][:], dtype=np.float64)
-            ids = np.asarray(nwb.trials.id[:], dtype=np.int64)
-            k = np.searchsorted(starts, t_all, side="right") - 1
-            inside = (k >= 0) & (t_all < stops[np.clip(k, 0, None)])
-            keep = np.flatnonzero(inside)
-            trial = ids[k[keep]]
-        else:
-            keep = np.arange(len(t_all))
-            trial = np.zeros(len(keep), dtype=np.int64)
-        t = t_all[keep]
-        gaze = gaze_all[keep]
-        if len(t) == 0:
-            raise SessionError(f"{where}: no gaze sample falls inside a trial")
-        rate = median_rate(t, trial)
-        dt = 1.0 / rate
-
-        # spikes
-        if nwb.units is None or len(nwb.units) == 0:
-            raise SessionError(f"{where}: no Units table (spike times) in the file")
-        units = nwb.units
-        unit_ids = np.asarray(units.id[:], dtype=np.int64)
-        has_obs = "obs_intervals" in units.colnames
-        robs = np.zeros((len(t), len(unit_ids)), dtype=np.int32)
-        unit_valid = np.ones((len(t), len(unit_ids)), dtype=bool) if has_obs else None
-        for j in range(len(unit_ids)):
-            st = np.sort(np.asarray(units.get_unit_spike_times(j), dtype=np.float64))
-            robs[:, j] = np.searchsorted(st, t + dt, "left") - np.searchsorted(st, t, "left")
-            if has_obs:
-                unit_valid[:, j] = bins_in_intervals(t, dt, units.get_unit_obs_intervals(j))
-
-        # stimulus
-        if CROPS_NAME in nwb.stimulus or CROPS_NAME in nwb.acquisition:
-            series = nwb.stimulus.get(CROPS_NAME) or nwb.acquisition[CROPS_NAME]
-            info = _comments(series, where)
-            if "ppd" not in info:
-                raise SessionError(f"{where}: {CROPS_NAME}.comments lacks 'ppd'")
-            ts = np.asarray(series.timestamps[:], dtype=np.float64)
-            if len(ts) != len(t_all) or not np.allclose(ts, t_all):
-                raise SessionError(f"{where}: {CROPS_NAME} timestamps differ from the gaze's")
-            stim = np.asarray(series.data[:], dtype=np.uint8)[keep]
-            ppd = float(info["ppd"])
-        elif PRESENTATION_NAME in nwb.stimulus:
-            pres = nwb.stimulus[PRESENTATION_NAME]
-            info = _comments(pres, where)
-            need = [k for k in ("screen_ppd", "crop_px", "crop_ppd") if k not in info]
-            if need:
-                raise SessionError(f"{where}: {PRESENTATION_NAME}.comments lacks {need}")
-            images = pres.indexed_images
-            order = list(images.images.values())
-            if images.order_of_images is not None:
-                order = list(images.order_of_images.data)
-            onsets = np.asarray(pres.timestamps[:], dtype=np.float64)
-            which = np.asarray(pres.data[:], dtype=np.int64)
-            crop_px, crop_ppd = int(info["crop_px"]), float(info["crop_ppd"])
-            fill = float(info.get("fill", 127))
-            stim = np.full((len(t), crop_px, crop_px), int(round(fill)), dtype=np.uint8)
-            k = np.searchsorted(onsets, t, side="right") - 1
-            held = hold_last_valid(gaze, np.isfinite(gaze).all(axis=1))
-            for p in np.unique(k[k >= 0]):
-                sel = np.flatnonzero(k == p)
-                img = np.asarray(order[which[p]].data[:], dtype=np.uint8)
-                stim[sel] = render_crops(img, held[sel], float(info["screen_ppd"]), crop_px,
-                                         crop_ppd, fill=fill)
-            ppd = crop_ppd
-        else:
-            raise SessionError(
-                f"{where}: no stimulus: expected an ImageSeries '{CROPS_NAME}' or an IndexSeries "
-                f"'{PRESENTATION_NAME}' in nwb.stimulus (see polar_data.readers.nwb)"
-            )
-
-        true_rate = None
-        if "ground_truth" in nwb.processing:
-            gt = nwb.processing["ground_truth"]
-            if "expected_counts" in gt.data_interfaces:
-                true_rate = np.asarray(gt["expected_counts"].data[:], dtype=np.float32)[keep]
-
-        session = Session(
-            name=str(nwb.session_id or nwb.identifier),
-            rate_hz=rate,
-            ppd=ppd,
-            stim=stim,
-            eyepos=gaze,
-            eye_valid=np.isfinite(gaze).all(axis=1),
-            trial=trial,
-            t=t,
-            robs=robs,
-            unit_ids=unit_ids,
-            stim_type=str(nwb.stimulus_notes or "backimage"),
-            unit_valid=unit_valid,
-            true_rate=true_rate,
-            provenance=Provenance(source=str(Path(path).resolve()), sha256=sha256_file(path),
-                                  reader="nwb"),
-        )
+    try:
+        with io:
+            session = _session(nwb, where, opt)
+    finally:
+        if raw is not None:
+            raw.close()
+    local = "://" not in path
+    session.provenance = Provenance(
+        source=str(Path(path).resolve()) if local else path,
+        sha256=source_sha256(path, storage_options), reader="nwb")
     return session.validate()
+
+
+def _session(nwb, where: str, opt: NwbOptions) -> Session:
+    from pynwb.image import IndexSeries
+
+    gaze_path, eye = find_gaze(nwb, where, opt.gaze)
+    stim_path, series = find_stimulus(nwb, where, opt.stimulus)
+    info = _comments(series)
+    screen = isinstance(series, IndexSeries)
+    images = order = None
+    screen_hw = None
+    if screen:
+        images = series.indexed_images
+        order = list(images.images.values())
+        if images.order_of_images is not None:
+            order = list(images.order_of_images.data)
+        sizes = {tuple(np.asarray(im.data).shape[:2]) for im in order}
+        screen_hw = max(sizes)
+    screen_ppd = info.get("screen_ppd", opt.screen_ppd)
+    t_all = _times(eye, f"{where}: {gaze_path}")
+    gaze_all = _gaze_degrees(eye, where, screen_ppd, screen_hw)
+    if len(t_all) != len(gaze_all):
+        raise SessionError(f"{where}: {gaze_path}: {len(t_all)} times for {len(gaze_all)} "
+                           "gaze samples")
+
+    # trials -> bin trial ids; drop bins outside trials
+    onsets = _times(series, f"{where}: {stim_path}") if screen else None
+    if nwb.trials is not None and len(nwb.trials) > 0:
+        starts = np.asarray(nwb.trials["start_time"][:], dtype=np.float64)
+        stops = np.asarray(nwb.trials["stop_time"][:], dtype=np.float64)
+        ids = np.asarray(nwb.trials.id[:], dtype=np.int64)
+    elif screen:
+        warnings.warn(f"{where}: no trials table: one trial per stimulus presentation",
+                      stacklevel=2)
+        starts = onsets
+        stops = np.append(onsets[1:], t_all[-1] + 1.0)
+        ids = np.arange(len(onsets), dtype=np.int64)
+    else:
+        warnings.warn(f"{where}: no trials table: the whole recording is one trial",
+                      stacklevel=2)
+        starts, stops = t_all[:1], t_all[-1:] + 1.0
+        ids = np.zeros(1, dtype=np.int64)
+    order_t = np.argsort(starts, kind="stable")
+    starts, stops, ids = starts[order_t], stops[order_t], ids[order_t]
+    k = np.searchsorted(starts, t_all, side="right") - 1
+    inside = (k >= 0) & (t_all < stops[np.clip(k, 0, None)])
+    keep = np.flatnonzero(inside)
+    trial = ids[k[keep]]
+    t = t_all[keep]
+    gaze = gaze_all[keep]
+    if len(t) == 0:
+        raise SessionError(f"{where}: no gaze sample falls inside a trial")
+    rate = median_rate(t, trial)
+    dt = 1.0 / rate
+
+    # spikes
+    if nwb.units is None or len(nwb.units) == 0:
+        raise SessionError(f"{where}: no Units table (spike times) in the file")
+    units = nwb.units
+    unit_ids = np.asarray(units.id[:], dtype=np.int64)
+    has_obs = "obs_intervals" in units.colnames
+    robs = np.zeros((len(t), len(unit_ids)), dtype=np.int32)
+    unit_valid = np.ones((len(t), len(unit_ids)), dtype=bool) if has_obs else None
+    for j in range(len(unit_ids)):
+        st = np.sort(np.asarray(units.get_unit_spike_times(j), dtype=np.float64))
+        robs[:, j] = np.searchsorted(st, t + dt, "left") - np.searchsorted(st, t, "left")
+        if has_obs:
+            unit_valid[:, j] = bins_in_intervals(t, dt, units.get_unit_obs_intervals(j))
+
+    # stimulus
+    if screen:
+        if screen_ppd is None:
+            raise _geometry_error(where, f"the screen's pixels per degree for {stim_path}")
+        if "crop_ppd" in info and "crop_px" in info:
+            crop_px, crop_ppd = int(info["crop_px"]), float(info["crop_ppd"])
+        else:
+            if opt.crop_deg is None:
+                raise _geometry_error(where, f"the crop size for {stim_path}")
+            crop_px = int(opt.crop_px or 51)
+            crop_ppd = crop_px / float(opt.crop_deg)
+        fill = float(info.get("fill", 127))
+        stim = np.full((len(t), crop_px, crop_px), int(round(fill)), dtype=np.uint8)
+        which = np.asarray(series.data[:], dtype=np.int64)
+        if len(which) != len(onsets):
+            raise SessionError(f"{where}: {stim_path}: {len(which)} indices for "
+                               f"{len(onsets)} onsets")
+        if len(which) and (which.min() < 0 or which.max() >= len(order)):
+            raise SessionError(f"{where}: {stim_path} indexes image {which.max()} of "
+                               f"{len(order)}")
+        p_of_bin = np.searchsorted(onsets, t, side="right") - 1
+        held = hold_last_valid(gaze, np.isfinite(gaze).all(axis=1))
+        cache: dict[int, np.ndarray] = {}
+        for p in np.unique(p_of_bin[p_of_bin >= 0]):
+            sel = np.flatnonzero(p_of_bin == p)
+            i = int(which[p])
+            if i not in cache:
+                cache = {i: to_uint8_luminance(order[i].data[:], where)}
+            stim[sel] = render_crops(cache[i], held[sel], float(screen_ppd), crop_px, crop_ppd,
+                                     fill=fill)
+        ppd = crop_ppd
+    else:
+        frames_t = _times(series, f"{where}: {stim_path}")
+        f_of_bin = np.searchsorted(frames_t, t + 1e-9 * dt, side="right") - 1
+        if (f_of_bin < 0).any():
+            raise SessionError(f"{where}: {stim_path}: gaze bins before the first frame")
+        data = series.data
+        stim = to_uint8_luminance(data[np.unique(f_of_bin)] if len(f_of_bin) else data[:0],
+                                  where)
+        stim = stim[np.searchsorted(np.unique(f_of_bin), f_of_bin)]
+        if "ppd" in info:
+            ppd = float(info["ppd"])
+        elif opt.crop_deg is not None:
+            ppd = stim.shape[2] / float(opt.crop_deg)
+        else:
+            raise _geometry_error(where, f"the crops' pixels per degree for {stim_path}")
+
+    true_rate = None
+    for module in ("misc", "ground_truth"):
+        if module in nwb.processing and "expected_counts" in nwb.processing[module].data_interfaces:
+            ts = nwb.processing[module]["expected_counts"]
+            true_rate = np.asarray(ts.data[:], dtype=np.float32)[keep]
+            break
+
+    name = str(nwb.session_id or nwb.identifier)
+    if not math.isfinite(ppd) or ppd <= 0:
+        raise SessionError(f"{where}: crop pixels per degree {ppd} is not positive")
+    return Session(
+        name=name, rate_hz=rate, ppd=ppd, stim=stim, eyepos=gaze,
+        eye_valid=np.isfinite(gaze).all(axis=1), trial=trial, t=t, robs=robs,
+        unit_ids=unit_ids, stim_type=str(nwb.stimulus_notes or "backimage"),
+        unit_valid=unit_valid, true_rate=true_rate)
 
 
 def write_nwb(
@@ -201,25 +423,40 @@ def write_nwb(
     screen_ppd: float | None = None,
     fill: int = 127,
 ) -> Path:
-    """Write ``session`` as NWB in layout ``crops`` or ``screen`` (module docstring).
+    """Write ``session`` as a DANDI-clean NWB file in layout ``crops`` or ``screen`` (module
+    docstring); ``nwbinspector --config dandi`` finds no critical issue and no best-practice
+    violation in it.
 
-    ``spike_times``: per unit, float64 seconds. For ``screen``: ``screen_images`` (uint8
-    [Hs, Ws] each), ``presentation`` = (onset times [P], image index [P]) and ``screen_ppd``.
+    ``spike_times``: per unit, float64 seconds (spikes outside a unit's valid periods are
+    dropped: NWB's ``obs_intervals`` say the unit was not observed then). For ``screen``:
+    ``screen_images`` (uint8 [Hs, Ws] each), ``presentation`` = (onset times [P], image index
+    [P]) and ``screen_ppd``.
     """
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     from pynwb.base import Images
     from pynwb.behavior import EyeTracking, SpatialSeries
+    from pynwb.file import Subject
     from pynwb.image import GrayscaleImage, ImageSeries, IndexSeries
+    from pynwb.misc import Units
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nwb = NWBFile(
-        session_description=f"Polar-V1 demo free-viewing session {session.name}",
+        session_description=f"Polar-V1 demo free-viewing session {session.name}: a simulated "
+        "marmoset views natural images while V1 units respond (generated, not recorded)",
         identifier=session.name,
         session_id=session.name,
         session_start_time=datetime(2026, 1, 1, tzinfo=UTC),
         stimulus_notes=session.stim_type,
+        experimenter=["Generator, Polar-V1 Demo"],
+        lab="Polar-V1",
+        institution="Polar-V1 open-source project",
+        experiment_description="Free viewing of natural images with precise eye tracking; "
+        "V1 spikes simulated from a Gabor-energy population with a saccade-locked gain.",
+        keywords=["V1", "marmoset", "free viewing", "eye tracking", "simulated"],
     )
+    nwb.subject = Subject(subject_id=f"sim-{session.name}", species="Callithrix jacchus",
+                          sex="U", age="P3Y", description="simulated marmoset")
     ids, starts, stops = session.trial_bounds()
     dt = 1.0 / session.rate_hz
     for a, b in zip(starts, stops):
@@ -230,14 +467,24 @@ def write_nwb(
         timestamps=session.t,
         reference_frame="screen centre = (0, 0); x right, y up",
         unit="degrees",
+        description="gaze position in degrees of visual angle (x right, y up); NaN where the "
+        "tracker lost the eye",
     )
     beh = nwb.create_processing_module("behavior", "eye tracking")
     beh.add(EyeTracking(spatial_series=eye))
+    nwb.units = Units(name="units", description="simulated V1 units (spike times in seconds)",
+                      resolution=dt)
     for j in range(session.n_units):
         kw = {}
+        st = np.asarray(spike_times[j], dtype=np.float64)
         if session.unit_valid is not None:
-            kw["obs_intervals"] = mask_to_intervals(session.t, dt, session.unit_valid[:, j])
-        nwb.add_unit(id=int(session.unit_ids[j]), spike_times=spike_times[j], **kw)
+            obs = mask_to_intervals(session.t, dt, session.unit_valid[:, j])
+            kw["obs_intervals"] = obs
+            ok = np.zeros(len(st), dtype=bool)
+            for a, b in obs:
+                ok |= (st >= a) & (st < b)
+            st = st[ok]
+        nwb.add_unit(id=int(session.unit_ids[j]), spike_times=st, **kw)
     if layout == "crops":
         nwb.add_stimulus(ImageSeries(
             name=CROPS_NAME, data=session.stim, unit="luminance (uint8)",
@@ -247,7 +494,8 @@ def write_nwb(
     elif layout == "screen":
         if screen_images is None or presentation is None or screen_ppd is None:
             raise ValueError("layout='screen' needs screen_images, presentation and screen_ppd")
-        imgs = [GrayscaleImage(name=f"image_{i:03d}", data=im)
+        imgs = [GrayscaleImage(name=f"image_{i:03d}", data=im,
+                               description=f"natural image {i}, full screen, grayscale")
                 for i, im in enumerate(screen_images)]
         images = Images(name="natural_images", images=imgs, description="full-screen images")
         nwb.add_stimulus_template(images)
@@ -255,15 +503,17 @@ def write_nwb(
         nwb.add_stimulus(IndexSeries(
             name=PRESENTATION_NAME, data=np.asarray(index, dtype=np.uint32),
             indexed_images=images, unit="N/A", timestamps=np.asarray(onsets, dtype=np.float64),
+            description="which natural image is on the screen from each onset",
             comments=json.dumps({"screen_ppd": screen_ppd, "crop_px": session.frame_hw[0],
                                  "crop_ppd": session.ppd, "fill": fill}),
         ))
     else:
         raise ValueError(f"layout must be 'crops' or 'screen', got {layout!r}")
     if session.true_rate is not None:
-        gt = nwb.create_processing_module("ground_truth", "demo generator's true expected counts")
+        gt = nwb.create_processing_module("misc", "the demo generator's ground truth")
         gt.add(TimeSeries(name="expected_counts", data=session.true_rate,
-                          unit="spikes per bin", timestamps=session.t))
+                          unit="spikes per bin", timestamps=session.t,
+                          description="true expected spike counts per bin of every unit"))
     tmp = path.with_name(path.stem + ".partial.nwb")
     with NWBHDF5IO(str(tmp), "w") as io:
         io.write(nwb)
