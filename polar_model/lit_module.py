@@ -36,6 +36,8 @@ class TrainConfig:
     val_every_steps: int = 100
     log_every_steps: int = 10
     precision: str = "32-true"
+    head_lr_mult: float = 1.0      # lr multiplier of the per-unit heads (readouts and
+                                   # saccade-locked gains)
 
     def __post_init__(self):
         if self.lr <= 0 or self.max_steps < 1 or self.warmup_steps < 0:
@@ -212,7 +214,9 @@ class EncodingModule(L.LightningModule):
         self.log("val/bps_clamped", _nanmean(allu.clamp_min(0)).float(), rank_zero_only=True)
         line = f"step {self.global_step}"
         if getattr(self, "_t0", None) is not None:
-            line += f", {(time.perf_counter() - self._t0) / 60:.1f} min"
+            minutes = (time.perf_counter() - self._t0) / 60
+            self.log("time/minutes", minutes, rank_zero_only=True)
+            line += f", {minutes:.1f} min"
         line += f": val BPS {float(mean):.4f}"
         if len(oracle) == len(per_unit):
             orc = _nanmean(torch.cat(oracle)).float()
@@ -224,14 +228,17 @@ class EncodingModule(L.LightningModule):
 
     def configure_optimizers(self):
         tc = self.train_cfg
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (decay if p.ndim >= 2 and not name.endswith("bias") else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=tc.lr, betas=tc.betas)
+            decay = p.ndim >= 2 and not name.endswith("bias")
+            head = name.startswith(("saccade_gain.", "readouts."))
+            groups.setdefault((decay, head), []).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": ps, "weight_decay": tc.weight_decay if decay else 0.0,
+              "lr": tc.lr * (tc.head_lr_mult if head else 1.0)}
+             for (decay, head), ps in groups.items()], lr=tc.lr, betas=tc.betas)
 
         def schedule(step: int) -> float:
             if step < tc.warmup_steps:
