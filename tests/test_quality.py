@@ -210,7 +210,6 @@ def test_jepa_share_of_the_shared_gradient_is_bounded(ratio):
 
 def _train_small(tmp_path, store, model="behavior", epochs=4, **model_over):
     import yaml
-
     from conftest import data_config, train_config
     from helpers import load_pipeline
 
