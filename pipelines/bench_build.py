@@ -14,6 +14,7 @@ On demo sessions totalling at least ``--gb`` GB of stored frames (default 1.0, r
 
     python pipelines/bench_build.py               # ~1 GB of frames, a few minutes
     python pipelines/bench_build.py --gb 0.1      # quick look
+    python pipelines/bench_build.py --memory      # peak RSS per worker: 5, 15, 60-min sessions
 """
 
 from __future__ import annotations
@@ -107,6 +108,60 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _peak_rss_build(src: Path, out: Path, chunk_bins: int | None) -> tuple[float, float]:
+    """(peak RSS MB, seconds) of one build of ``src`` with one worker, in a fresh process."""
+    import subprocess
+
+    cfg = out.parent / f"{out.name}.yaml"
+    store = {"out_dir": str(out)}
+    if chunk_bins is not None:
+        store["ingest_chunk_bins"] = chunk_bins
+    cfg.write_text(yaml.safe_dump({"store": store}))
+    script = Path(__file__).with_name("build_shards.py")
+    code = ("import resource, runpy, sys, time; t0 = time.perf_counter(); "
+            f"sys.argv = ['build_shards.py', '--config', {str(cfg)!r}, '--workers', '1', "
+            f"'--no-progress', {str(src)!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0]\n"
+            "print('RESULT', int(hwm.split()[1]) / 1024, time.perf_counter() - t0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"build of {src} failed:\n{done.stdout}\n{done.stderr}")
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT")][-1]
+    _, rss, sec = line.split()
+    return float(rss), float(sec)
+
+
+def memory_benchmark(work: Path, minutes: list[float]) -> None:
+    """Peak RSS of one worker building one demo session (51 x 51 crops, NWB screen layout,
+    240 Hz -> 120 Hz) of each length; the slope in MB of RSS per GB of source frames."""
+    from polar_data.demo.generate import write_demo_session
+
+    images = natural_images()
+    rows = []
+    for m in minutes:
+        cfg = DemoConfig(n_sessions=1, duration_s=60.0 * m, seed=int(m))
+        print(f"generating a {m:g}-minute demo session...", flush=True)
+        d = generate_session(cfg, 0, images, scratch=work / "scratch")
+        gb = d.session.n_bins * cfg.crop_px**2 / 1e9
+        _, nwb = write_demo_session(d, work / f"src{m:g}", cfg, images, dset=False)
+        del d
+        shutil.rmtree(work / "scratch", ignore_errors=True)
+        rss, sec = _peak_rss_build(nwb, work / f"store{m:g}", None)
+        rows.append((m, gb, rss, sec))
+        shutil.rmtree(work / f"store{m:g}", ignore_errors=True)
+    print(f"\n{'minutes':>8}{'GB frames (240 Hz)':>20}{'peak RSS MB':>13}{'build s':>9}"
+          f"{'MB/s frames':>13}")
+    for m, gb, rss, sec in rows:
+        print(f"{m:>8g}{gb:>20.2f}{rss:>13.0f}{sec:>9.1f}{gb * 1e3 / sec:>13.1f}")
+    (m0, g0, r0, _), (m1, g1, r1, _) = rows[0], rows[-1]
+    print(f"\nslope: {(r1 - r0) / (g1 - g0):.0f} MB of RSS per GB of source frames "
+          f"({m0:g} -> {m1:g} min); peak per worker {max(r for _, _, r, _ in rows):.0f} MB")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,7 +173,17 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--naive-windows", type=int, default=3000)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
+    p.add_argument("--memory", type=float, nargs="*", metavar="MINUTES",
+                   help="instead: peak RSS of one worker building demo sessions of these "
+                   "lengths (default 5 15 60)")
     a = p.parse_args(argv)
+    if a.memory is not None:
+        work = Path(tempfile.mkdtemp(prefix="bench_memory_", dir=a.workdir))
+        try:
+            memory_benchmark(work, a.memory or [5.0, 15.0, 60.0])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     work = Path(tempfile.mkdtemp(prefix="bench_build_", dir=a.workdir))
     try:

@@ -46,6 +46,7 @@ from .data_config import DEFAULT_WINDOW_LEN, DataConfig
 from .manifest import MANIFEST, file_table, seal, write_json_atomic
 from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
+from .session_source import chunk_bounds
 from .zarr_store import stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")
@@ -126,8 +127,8 @@ def settings(cfg: DataConfig, window_len: int) -> dict:
     the output folder, the trust flag and the source paths (sources are tracked by content,
     per session, in ``parts/``)."""
     store = to_dict(cfg.store)
-    store.pop("out_dir")
-    store.pop("trust_pickle")
+    for key in ("out_dir", "trust_pickle", "ingest_chunk_bins"):  # do not change the output
+        store.pop(key)
     nwb = to_dict(cfg.nwb)
     nwb.pop("storage_options")  # how to reach the files (credentials), not what they hold
     return {"schema_version": SCHEMA_VERSION, "window_len": window_len, "store": store,
@@ -213,7 +214,8 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
                progress: bool = False) -> SessionResult:
     """Read, check and write one session's Zarr group; never raises: any exception is
     reported in ``SessionResult.error`` with the source file and the exception's type."""
-    from .readers import read_session, source_sha256
+    from .readers import open_session, source_sha256
+    from .session_source import resample_factor, session_chunks
     from .zarr_store import write_session_group
 
     t0 = time.perf_counter()
@@ -227,29 +229,33 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
             name = session_folder_name(done.get("name", ""), part)
             if done.get("sha256") == digest and (out / "zarr" / name).is_dir():
                 return SessionResult(**done["result"], skipped=True)
-        steps = tqdm(total=3, desc=src.rsplit("/", 1)[-1], leave=False, disable=not progress)
-        session = read_session(src, trust_pickle=cfg.store.trust_pickle,
-                               target_rate_hz=cfg.store.target_rate_hz, nwb=cfg.nwb)
-        name = session_folder_name(session.name, src)
-        if name != session.name:
-            session.extra["name_in_file"] = session.name  # recorded in the group's attrs
-            session.name = name
-        steps.update()
-        final = inside(out, out / "zarr" / name)
-        tmp = inside(out, out / ".partial" / name)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        attrs = write_session_group(session, tmp, window_len, cfg.store)
-        steps.update()
+        with open_session(src, trust_pickle=cfg.store.trust_pickle, nwb=cfg.nwb,
+                          sha256=digest) as sess:
+            name = session_folder_name(sess.name, src)
+            factor = resample_factor(sess.rate_hz, cfg.store.target_rate_hz, src)
+            final = inside(out, out / "zarr" / name)
+            tmp = inside(out, out / ".partial" / name)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+
+            def named(chunks):  # the safe folder name; the file's own name kept in attrs
+                for chunk in chunks:
+                    chunk.extra["name_in_file"] = chunk.name
+                    chunk.name = name
+                    yield chunk
+
+            n_chunks = len(chunk_bounds(sess.trial, cfg.store.ingest_chunk_bins))
+            chunks = tqdm(session_chunks(sess, factor, cfg.store.ingest_chunk_bins),
+                          total=n_chunks, desc=src.rsplit("/", 1)[-1], leave=False,
+                          disable=not progress)
+            attrs = write_session_group(named(chunks), tmp, window_len, cfg.store)
         if final.exists():  # an older copy (changed source, or crash before the marker)
             shutil.rmtree(final)
         tmp.replace(final)
-        steps.update()
-        steps.close()
         res.name = name
-        res.n_bins, res.n_units = session.n_bins, session.n_units
-        res.frame_bytes = int(session.stim.nbytes)
+        res.n_bins, res.n_units = attrs["n_bins"], attrs["n_units"]
+        res.frame_bytes = int(attrs["pixel_stats"]["count"])
         res.n_windows, res.n_clips = attrs["n_windows"], attrs["n_clips"]
         res.bytes_written = _dir_bytes(final)
         res.seconds = time.perf_counter() - t0

@@ -30,6 +30,7 @@ class StoreConfig:
     shard_target_mb: float = 8.0   # uncompressed stimulus bytes per WebDataset shard
     shard_seed: int = 0            # order in which clips of all sessions are interleaved
     trust_pickle: bool = False     # .dset files are pickles: load only if you trust them
+    ingest_chunk_bins: int = 4096  # source bins read at a time (whole trials): bounds memory
 
     def __post_init__(self):
         if self.window_len is not None and self.window_len < 1:
@@ -41,8 +42,9 @@ class StoreConfig:
             raise ValueError(f"splits.{unknown[0]}: unknown split (use {list(SPLITS)})")
         if any(v < 0 for v in self.splits.values()) or abs(sum(self.splits.values()) - 1) > 1e-6:
             raise ValueError(f"splits must be non-negative and sum to 1, got {self.splits}")
-        if self.chunk_bins < 1 or self.shard_target_mb <= 0:
-            raise ValueError("chunk_bins and shard_target_mb must be positive")
+        if self.chunk_bins < 1 or self.shard_target_mb <= 0 or self.ingest_chunk_bins < 1:
+            raise ValueError("chunk_bins, shard_target_mb and ingest_chunk_bins must be "
+                             "positive")
 
 
 @dataclass

@@ -19,16 +19,24 @@ import numpy as np
 from .session import Session, SessionError
 
 
+def resample_firsts(trial: np.ndarray, factor: int) -> np.ndarray:
+    """int64 [T']: the first source bin of every output bin: groups of ``factor`` bins
+    tiled from each trial's start, a trial's incomplete trailing group dropped."""
+    change = np.flatnonzero(np.diff(trial)) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(trial)]])
+    firsts = [np.arange(a, a + ((b - a) // factor) * factor, factor)
+              for a, b in zip(starts, stops)]
+    return np.concatenate(firsts).astype(np.int64) if firsts else np.zeros(0, np.int64)
+
+
 def resample(session: Session, factor: int) -> Session:
     """Return ``session`` at ``session.rate_hz / factor`` (see module docstring for rules)."""
     if not isinstance(factor, int) or factor < 1:
         raise ValueError(f"resample factor must be a positive integer, got {factor!r}")
     if factor == 1:
         return session
-    _, starts, stops = session.trial_bounds()
-    firsts = [np.arange(a, a + ((b - a) // factor) * factor, factor)
-              for a, b in zip(starts, stops)]
-    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
+    first = resample_firsts(session.trial, factor)
     if first.size == 0:
         raise SessionError(
             f"session {session.name!r}: every trial is shorter than the resample factor {factor}"

@@ -21,6 +21,7 @@ Overlapping windows are never materialised: a window is just its end bin.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -72,84 +73,127 @@ def stats_from_sums(count: int, total: int, total_sq: int) -> dict:
             "std": float(np.sqrt(var))}
 
 
-def session_attrs(session: Session, window_len: int, store_cfg, stats: dict,
-                  n_windows: dict, n_clips: dict, split_of_trial: dict, dfs: np.ndarray,
-                  split: np.ndarray) -> dict:
-    prov = session.provenance
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "conventions": CONVENTIONS,
-        "name": session.name,
-        "name_in_file": session.extra.get("name_in_file", session.name),
-        "stim_type": session.stim_type,
-        "rate_hz": session.rate_hz,
-        "ppd": session.ppd,
-        "frame_hw": list(session.frame_hw),
-        "n_bins": session.n_bins,
-        "n_units": session.n_units,
-        "unit_ids": [int(u) for u in session.unit_ids],
-        "mean_rate": [float(x) for x in train_mean_rates(session.robs, dfs, split)],
-        "window_len": window_len,
-        "clip_len": store_cfg.clip_len,
-        "splits": dict(store_cfg.splits),
-        "split_seed": store_cfg.split_seed,
-        "trial_split": {str(k): v for k, v in sorted(split_of_trial.items())},
-        "n_windows": n_windows,
-        "n_clips": n_clips,
-        "pixel_stats": stats,
-        "has_true_rate": session.true_rate is not None,
-        "source": {"path": prov.source if prov else "", "sha256": prov.sha256 if prov else "",
-                   "reader": prov.reader if prov else ""},
-    }
-
-
 def train_mean_rates(robs: np.ndarray, dfs: np.ndarray, split: np.ndarray) -> np.ndarray:
     """float64 [N]: per-unit mean spikes per bin over the training targets only (bins of the
     train split where ``dfs`` counts the unit), for the readout's bias: validation and test
     bins never inform a model. 0 for a unit with no training target."""
     m = dfs & (split == SPLITS.index("train"))[:, None]
-    return (robs.astype(np.float64) * m).sum(0) / np.maximum(m.sum(0), 1)
+    return (robs.astype(np.int64) * m).sum(0) / np.maximum(m.sum(0), 1)
 
 
-def write_session_group(session: Session, group_path: Path, window_len: int, store_cfg) -> dict:
-    """Write one session's group at ``group_path`` (a fresh directory). Returns its attrs.
+class _Appender:
+    """One array of a session group, written in whole chunks as rows arrive (the last chunk
+    at ``close``), so a session is never held whole and every chunk is encoded once."""
 
-    Raises SessionError naming the session when it has no valid window.
+    def __init__(self, group, name: str, row_shape: tuple, dtype, chunk_rows: int, comp):
+        dims, units = ARRAY_DIMS[name]
+        self.array = group.create_array(name, shape=(0, *row_shape),
+                                        chunks=(chunk_rows, *row_shape), dtype=dtype,
+                                        compressors=comp, dimension_names=dims,
+                                        attributes={"units": units})
+        self.rows, self.pending, self.n_pending = chunk_rows, [], 0
+
+    def add(self, block: np.ndarray) -> None:
+        self.pending.append(np.asarray(block, dtype=self.array.dtype))
+        self.n_pending += len(block)
+        if self.n_pending >= self.rows:
+            data = np.concatenate(self.pending)
+            k = (len(data) // self.rows) * self.rows
+            self._write(data[:k])
+            self.pending = [data[k:]] if k < len(data) else []
+            self.n_pending = len(data) - k
+
+    def _write(self, data: np.ndarray) -> None:
+        n0 = self.array.shape[0]
+        self.array.resize((n0 + len(data), *self.array.shape[1:]))
+        self.array[n0:] = data
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.n_pending = [], 0
+
+
+def write_session_group(chunks: Iterable[Session], group_path: Path, window_len: int,
+                        store_cfg) -> dict:
+    """Write one session's group at ``group_path`` (a fresh directory) from consecutive
+    chunks of whole trials (one :class:`Session` is one chunk), each written as it comes;
+    returns the group's attrs.
+
+    Held at a time: one chunk, less than one Zarr chunk of pending rows per array, and a few
+    bytes per bin (window validity, trial ids) plus per-trial spike sums, from which the
+    trial split, windows, clips and training mean rates are made at the end, exactly as
+    from the whole session. Raises SessionError naming the session when it has no valid
+    window.
     """
-    valid = window_valid(session, window_len)
-    if not valid.any():
-        raise SessionError(
-            f"session {session.name!r}: no valid window of {window_len} bins (every window "
-            "crosses a trial edge or an eye-tracking dropout)"
-        )
-    dfs = unit_filter(session, valid)
-    split_of_trial = assign_trials(session.trial, store_cfg.splits, store_cfg.split_seed,
-                                   session.name)
-    split_code = {name: i for i, name in enumerate(SPLITS)}
-    split = np.array([split_code[split_of_trial[int(k)]] for k in session.trial], dtype=np.int8)
-
     g = zarr.open_group(store=str(group_path), mode="w-", zarr_format=3)
     comp = ZstdCodec(level=store_cfg.zstd_level)
-    H, W = session.frame_hw
     cb = store_cfg.chunk_bins
+    arrays: dict[str, _Appender] = {}
+    first = None
+    valid_parts, trial_parts = [], []
+    hist = np.zeros(256, dtype=np.int64)
+    spike_sums: dict[int, np.ndarray] = {}  # trial -> [2, N] int64: sum dfs*robs, sum dfs
+    n_bins = 0
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+            H, W = chunk.frame_hw
+            N = chunk.n_units
+            rows = {"stim": ((H, W), np.uint8, cb), "eyepos": ((2,), np.float32, cb * 16),
+                    "eye_valid": ((), bool, cb * 16), "trial": ((), np.int64, cb * 16),
+                    "t": ((), np.float64, cb * 16), "robs": ((N,), np.int32, cb * 16),
+                    "dfs": ((N,), bool, cb * 16)}
+            if chunk.true_rate is not None:
+                rows["true_rate"] = ((N,), np.float32, cb * 16)
+            for name, (shape, dtype, n) in rows.items():
+                arrays[name] = _Appender(g, name, shape, dtype, n, comp)
+        elif chunk.frame_hw != first.frame_hw or chunk.n_units != first.n_units:
+            raise SessionError(f"session {first.name!r}: chunk at bin {n_bins} has frames "
+                               f"{chunk.frame_hw} and {chunk.n_units} units, the first had "
+                               f"{first.frame_hw} and {first.n_units}")
+        elif len(trial_parts) and chunk.trial[0] == trial_parts[-1][-1]:
+            raise SessionError(f"session {first.name!r}: trial {chunk.trial[0]} is split "
+                               f"across two chunks at bin {n_bins}")
+        valid = window_valid(chunk, window_len)
+        dfs = unit_filter(chunk, valid)
+        for name, data in (("stim", chunk.stim), ("eyepos", chunk.eyepos),
+                           ("eye_valid", chunk.eye_valid), ("trial", chunk.trial),
+                           ("t", chunk.t), ("robs", chunk.robs), ("dfs", dfs),
+                           ("true_rate", chunk.true_rate)):
+            if name in arrays:
+                arrays[name].add(data)
+        hist += np.bincount(chunk.stim.reshape(-1), minlength=256)
+        counted = chunk.robs.astype(np.int64) * dfs
+        for tid, a, b in zip(*chunk.trial_bounds()):
+            spike_sums[int(tid)] = np.stack([counted[a:b].sum(0), dfs[a:b].sum(0)])
+        valid_parts.append(valid)
+        trial_parts.append(chunk.trial.astype(np.int64))
+        n_bins += chunk.n_bins
+    if first is None:
+        raise SessionError(f"{group_path.name}: the session has no bins")
+    valid = np.concatenate(valid_parts)
+    trial = np.concatenate(trial_parts)
+    if not valid.any():
+        raise SessionError(
+            f"session {first.name!r}: no valid window of {window_len} bins (every window "
+            "crosses a trial edge or an eye-tracking dropout)"
+        )
+    split_of_trial = assign_trials(trial, store_cfg.splits, store_cfg.split_seed, first.name)
+    code_of_trial = {k: SPLITS.index(v) for k, v in split_of_trial.items()}
+    split = np.array([code_of_trial[int(k)] for k in trial], dtype=np.int8)
+    arrays["split"] = _Appender(g, "split", (), np.int8, cb * 16, comp)
+    arrays["split"].add(split)
+    for appender in arrays.values():
+        appender.close()
 
-    def put(name, data, chunks):
+    def put(name, data, chunk_shape):
         dims, units = ARRAY_DIMS[name.split("/")[0]]
-        a = g.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype,
+        a = g.create_array(name, shape=data.shape, chunks=chunk_shape, dtype=data.dtype,
                            compressors=comp, dimension_names=dims,
                            attributes={"units": units})
         a[...] = data
 
-    put("stim", session.stim, (cb, H, W))
-    put("eyepos", session.eyepos, (cb * 16, 2))
-    put("eye_valid", session.eye_valid, (cb * 16,))
-    put("trial", session.trial.astype(np.int64), (cb * 16,))
-    put("t", session.t, (cb * 16,))
-    put("robs", session.robs.astype(np.int32), (cb * 16, session.n_units))
-    put("dfs", dfs, (cb * 16, session.n_units))
-    put("split", split, (cb * 16,))
-    if session.true_rate is not None:
-        put("true_rate", session.true_rate.astype(np.float32), (cb * 16, session.n_units))
     n_windows, n_clips = {}, {}
     for code, name in enumerate(SPLITS):
         ends = np.flatnonzero(valid & (split == code)).astype(np.int64)
@@ -158,8 +202,36 @@ def write_session_group(session: Session, group_path: Path, window_len: int, sto
         put(f"clips/{name}", clips, (max(len(clips), 1), 2))
         n_windows[name] = int(len(ends))
         n_clips[name] = int(len(clips))
-    attrs = session_attrs(session, window_len, store_cfg, pixel_stats(session.stim),
-                          n_windows, n_clips, split_of_trial, dfs, split)
+    train = [s for k, s in spike_sums.items() if split_of_trial[k] == "train"]
+    totals = np.sum(train, axis=0) if train else np.zeros((2, first.n_units), np.int64)
+    mean_rate = totals[0] / np.maximum(totals[1], 1)
+    prov = first.provenance
+    attrs = {
+        "schema_version": SCHEMA_VERSION,
+        "conventions": CONVENTIONS,
+        "name": first.name,
+        "name_in_file": first.extra.get("name_in_file", first.name),
+        "stim_type": first.stim_type,
+        "rate_hz": first.rate_hz,
+        "ppd": first.ppd,
+        "frame_hw": list(first.frame_hw),
+        "n_bins": n_bins,
+        "n_units": first.n_units,
+        "unit_ids": [int(u) for u in first.unit_ids],
+        "mean_rate": [float(x) for x in mean_rate],
+        "window_len": window_len,
+        "clip_len": store_cfg.clip_len,
+        "splits": dict(store_cfg.splits),
+        "split_seed": store_cfg.split_seed,
+        "trial_split": {str(k): v for k, v in sorted(split_of_trial.items())},
+        "n_windows": n_windows,
+        "n_clips": n_clips,
+        "pixel_stats": stats_from_sums(n_bins * first.frame_hw[0] * first.frame_hw[1],
+                                       *_hist_sums(hist)),
+        "has_true_rate": first.true_rate is not None,
+        "source": {"path": prov.source if prov else "", "sha256": prov.sha256 if prov else "",
+                   "reader": prov.reader if prov else ""},
+    }
     g.attrs.update(attrs)
     return attrs
 

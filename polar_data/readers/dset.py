@@ -31,6 +31,7 @@ import yaml
 from ..checksum import sha256_file
 from ..filters import segments
 from ..session import Provenance, Session, SessionError
+from ..session_source import SessionSource
 
 REQUIRED = ("stim", "robs", "eyepos", "dpi_valid", "trial_inds", "t_bins")
 
@@ -75,10 +76,16 @@ def median_rate(t: np.ndarray, trial: np.ndarray) -> float:
     return float(round(rate)) if abs(rate - round(rate)) < 1e-6 * rate else rate
 
 
-def read_dset(
-    path: str | Path, trust_pickle: bool = False, session_yaml: str | Path | None = None
-) -> Session:
-    """Read one ``.dset`` file (and its optional per-session YAML) into a validated Session."""
+MMAP_FALLBACK_BYTES = 1 << 30  # a .dset that cannot be memory-mapped loads whole up to this
+
+
+def open_dset(path: str | Path, trust_pickle: bool = False,
+              session_yaml: str | Path | None = None, sha256: str | None = None
+              ) -> SessionSource:
+    """Open one ``.dset`` file (and its optional per-session YAML) as a
+    :class:`SessionSource`. The file is memory-mapped (``torch.load(mmap=True)``): frames and
+    counts are read chunk by chunk. A file in torch's legacy (non-zip) format cannot be
+    mapped: up to 1 GB it is loaded whole, larger ones are refused with the memory needed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such .dset file")
@@ -91,7 +98,18 @@ def read_dset(
     import torch
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e).lower():
+                raise
+            size = path.stat().st_size
+            if size > MMAP_FALLBACK_BYTES:
+                raise SessionError(
+                    f"{path}: in torch's legacy format, which cannot be read piece by piece; "
+                    f"loading it whole needs about {2 * size / 1e9:.1f} GB of memory. Re-save "
+                    "it with a current torch.save (zip format) to stream it.") from e
+            blob = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
         raise SessionError(f"{path}: corrupt or unreadable .dset file ({e})") from e
     if not isinstance(blob, dict) or "covariates" not in blob:
@@ -99,32 +117,39 @@ def read_dset(
             f"{path}: not a .dset (expected a dict with 'covariates' and 'metadata')"
         )
     cov = blob["covariates"]
-    meta = dict(blob.get("metadata") or {})
+    if not isinstance(cov, dict):
+        raise SessionError(f"{path}: covariates must be a dict of arrays, got "
+                           f"{type(cov).__name__}")
+    meta = blob.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise SessionError(f"{path}: metadata must be a dict, got {type(meta).__name__}")
     where = f"{path}"
     missing = [k for k in REQUIRED if k not in cov]
     if missing:
         raise SessionError(f"{where}: missing covariate key(s) {missing} (have {sorted(cov)})")
     if "ppd" not in meta:
         raise SessionError(f"{where}: metadata key 'ppd' (crop pixels per degree) is missing")
-    lengths = {k: int(_np(cov[k]).shape[0]) for k in REQUIRED}
+    arrays = {k: _np(v) for k, v in cov.items() if k in (*REQUIRED, "true_rate", "unit_valid")}
+    lengths = {k: int(arrays[k].shape[0]) for k in REQUIRED}
     if len(set(lengths.values())) != 1:
         raise SessionError(f"{where}: covariates disagree on the number of bins T: {lengths}")
 
-    stim = _np(cov["stim"])
-    if stim.dtype != np.uint8:
-        if stim.dtype.kind in "iuf" and stim.size and np.isfinite(stim).all():
-            if stim.min() >= 0 and stim.max() <= 255 and (np.rint(stim) == stim).all():
-                stim = stim.astype(np.uint8)
-        if stim.dtype != np.uint8:
-            raise SessionError(f"{where}: stim: expected uint8 frames 0..255, got {stim.dtype}")
-    trial = _as_int(_np(cov["trial_inds"]), "trial_inds", where)
-    t = _np(cov["t_bins"]).astype(np.float64)
-    robs_all = _as_int(_np(cov["robs"]), "robs", where)
+    stim_all = arrays["stim"]
+    if stim_all.dtype != np.uint8 and stim_all.dtype.kind not in "iuf":
+        raise SessionError(f"{where}: stim: expected uint8 frames 0..255, got {stim_all.dtype}")
+    trial = _as_int(arrays["trial_inds"], "trial_inds", where)
+    t = arrays["t_bins"].astype(np.float64)
+    robs_all = arrays["robs"]
     if robs_all.ndim != 2:
         raise SessionError(f"{where}: robs: expected [T, N], got shape {robs_all.shape}")
-    true_all = _np(cov["true_rate"]).astype(np.float32) if "true_rate" in cov else None
-    uv_all = _np(cov["unit_valid"]).astype(bool) if "unit_valid" in cov else None
-    rate = float(meta["rate_hz"]) if "rate_hz" in meta else median_rate(t, trial)
+    true_all = arrays.get("true_rate")
+    uv_all = arrays.get("unit_valid")
+    name = str(meta.get("name", path.parent.parent.name if path.parent.name == "datasets"
+                        else path.stem))
+    try:
+        rate = float(meta["rate_hz"]) if "rate_hz" in meta else median_rate(t, trial)
+    except ValueError as e:
+        raise SessionError(f"{where}: {e}") from e
 
     cids = np.arange(robs_all.shape[1])
     qcmissing = {}
@@ -140,35 +165,53 @@ def read_dset(
                     f"(0..{robs_all.shape[1] - 1})"
                 )
         qcmissing = {int(k): v for k, v in (info.get("qcmissing") or {}).items()}
+    ppd = float(meta["ppd"])
+    stim_type = str(meta.get("stim_type", path.stem))
+    dt = 1.0 / rate
 
-    unit_valid = None if uv_all is None else uv_all[:, cids]
-    if qcmissing:
-        if unit_valid is None:
-            unit_valid = np.ones((len(t), len(cids)), dtype=bool)
-        for j, cid in enumerate(cids):
-            if int(cid) in qcmissing:
-                unit_valid[:, j] &= ~bins_in_intervals(t, 1.0 / rate, qcmissing[int(cid)])
+    def read(a: int, b: int) -> Session:
+        stim = np.asarray(stim_all[a:b])
+        if stim.dtype != np.uint8:
+            ok = stim.size == 0 or (np.isfinite(stim).all() and stim.min() >= 0
+                                    and stim.max() <= 255 and (np.rint(stim) == stim).all())
+            if not ok:
+                raise SessionError(f"{where}: stim: expected uint8 frames 0..255, got "
+                                   f"{stim.dtype} values in bins {a}..{b - 1}")
+            stim = stim.astype(np.uint8)
+        tb = t[a:b]
+        unit_valid = None if uv_all is None else np.asarray(uv_all[a:b][:, cids], dtype=bool)
+        if qcmissing:
+            if unit_valid is None:
+                unit_valid = np.ones((b - a, len(cids)), dtype=bool)
+            for j, cid in enumerate(cids):
+                if int(cid) in qcmissing:
+                    unit_valid[:, j] &= ~bins_in_intervals(tb, dt, qcmissing[int(cid)])
+        robs = _as_int(np.asarray(robs_all[a:b])[:, cids], "robs", where)
+        session = Session(
+            name=name, rate_hz=rate, ppd=ppd, stim=stim,
+            eyepos=np.asarray(arrays["eyepos"][a:b], dtype=np.float32),
+            eye_valid=np.asarray(arrays["dpi_valid"][a:b]).astype(bool),
+            trial=trial[a:b], t=tb, robs=robs.astype(np.int32),
+            unit_ids=cids.astype(np.int64), stim_type=stim_type, unit_valid=unit_valid,
+            true_rate=None if true_all is None else
+            np.asarray(true_all[a:b][:, cids], dtype=np.float32),
+            provenance=source.provenance)
+        return session.validate()
 
-    robs = robs_all[:, cids]
-    session = Session(
-        name=str(meta.get("name", path.parent.parent.name if path.parent.name == "datasets"
-                          else path.stem)),
-        rate_hz=rate,
-        ppd=float(meta["ppd"]),
-        stim=stim,
-        eyepos=_np(cov["eyepos"]).astype(np.float32),
-        eye_valid=_np(cov["dpi_valid"]).astype(bool),
-        trial=trial,
-        t=t,
-        robs=robs.astype(np.int32),
-        unit_ids=cids.astype(np.int64),
-        stim_type=str(meta.get("stim_type", path.stem)),
-        unit_valid=unit_valid,
-        true_rate=None if true_all is None else true_all[:, cids],
-        provenance=Provenance(source=str(Path(path).resolve()), sha256=sha256_file(path),
-                              reader="dset"),
-    )
-    return session.validate()
+    source = SessionSource(name=name, rate_hz=rate, t=t, trial=trial, read=read,
+                           provenance=Provenance(source=str(path.resolve()),
+                                                 sha256=sha256 or sha256_file(path),
+                                                 reader="dset"))
+    return source
+
+
+def read_dset(
+    path: str | Path, trust_pickle: bool = False, session_yaml: str | Path | None = None
+) -> Session:
+    """Read one ``.dset`` file (and its optional per-session YAML) whole into a validated
+    Session."""
+    with open_dset(path, trust_pickle, session_yaml) as source:
+        return source.read(0, source.n_bins)
 
 
 def write_dset(

@@ -58,6 +58,7 @@ import numpy as np
 from ..checksum import sha256_file
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session, SessionError
+from ..session_source import SessionSource
 from .dset import bins_in_intervals, mask_to_intervals, median_rate
 
 CROPS_NAME = "gaze_contingent_stim"
@@ -255,49 +256,60 @@ def source_sha256(path: str, storage_options: dict | None = None) -> str:
     return h.hexdigest()
 
 
-def read_nwb(path: str | Path, options: NwbOptions | None = None) -> Session:
-    """Read one NWB file (local path or fsspec URL) into a validated Session (module
-    docstring: what is read from where)."""
+def open_nwb(path: str | Path, options: NwbOptions | None = None,
+             sha256: str | None = None) -> SessionSource:
+    """Open one NWB file (local path or fsspec URL) as a :class:`SessionSource`: the bin grid
+    is read now, frames and counts chunk by chunk (module docstring: what is read from
+    where). ``sha256``: the file's hash if the caller has it (else computed)."""
     opt = options or NwbOptions()
-    storage_options = opt.storage_options
     path = str(path)
-    where = path
     try:
-        io, raw = _open(path, storage_options)
+        io, raw = _open(path, opt.storage_options)
         nwb = io.read()
     except FileNotFoundError:
         raise
     except Exception as e:  # h5py/hdmf raise many types for a damaged file
-        raise SessionError(f"{where}: corrupt or unreadable NWB file ({e})") from e
-    try:
-        with io:
-            session = _session(nwb, where, opt)
-    finally:
+        raise SessionError(f"{path}: corrupt or unreadable NWB file ({e})") from e
+
+    def close():
+        io.close()
         if raw is not None:
             raw.close()
-    local = "://" not in path
-    session.provenance = Provenance(
-        source=str(Path(path).resolve()) if local else path,
-        sha256=source_sha256(path, storage_options), reader="nwb")
-    return session.validate()
+
+    try:
+        source = _plan(nwb, path, opt)
+        source.provenance = Provenance(
+            source=str(Path(path).resolve()) if "://" not in path else path,
+            sha256=sha256 or source_sha256(path, opt.storage_options), reader="nwb")
+        source.close = close
+        return source
+    except BaseException:
+        close()
+        raise
 
 
-def _session(nwb, where: str, opt: NwbOptions) -> Session:
+def read_nwb(path: str | Path, options: NwbOptions | None = None) -> Session:
+    """Read one NWB file (local path or fsspec URL) whole into a validated Session."""
+    with open_nwb(path, options) as source:
+        return source.read(0, source.n_bins)
+
+
+def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
+    """The session's bin grid and everything small, and a reader of bins ``a .. b-1``."""
     from pynwb.image import IndexSeries
 
     gaze_path, eye = find_gaze(nwb, where, opt.gaze)
     stim_path, series = find_stimulus(nwb, where, opt.stimulus)
     info = _comments(series)
     screen = isinstance(series, IndexSeries)
-    images = order = None
+    order = None
     screen_hw = None
     if screen:
         images = series.indexed_images
         order = list(images.images.values())
         if images.order_of_images is not None:
             order = list(images.order_of_images.data)
-        sizes = {tuple(np.asarray(im.data).shape[:2]) for im in order}
-        screen_hw = max(sizes)
+        screen_hw = max(tuple(im.data.shape[:2]) for im in order)
     screen_ppd = info.get("screen_ppd", opt.screen_ppd)
     t_all = _times(eye, f"{where}: {gaze_path}")
     gaze_all = _gaze_degrees(eye, where, screen_ppd, screen_hw)
@@ -313,17 +325,17 @@ def _session(nwb, where: str, opt: NwbOptions) -> Session:
         ids = np.asarray(nwb.trials.id[:], dtype=np.int64)
     elif screen:
         warnings.warn(f"{where}: no trials table: one trial per stimulus presentation",
-                      stacklevel=2)
+                      stacklevel=3)
         starts = onsets
         stops = np.append(onsets[1:], t_all[-1] + 1.0)
         ids = np.arange(len(onsets), dtype=np.int64)
     else:
         warnings.warn(f"{where}: no trials table: the whole recording is one trial",
-                      stacklevel=2)
+                      stacklevel=3)
         starts, stops = t_all[:1], t_all[-1:] + 1.0
         ids = np.zeros(1, dtype=np.int64)
-    order_t = np.argsort(starts, kind="stable")
-    starts, stops, ids = starts[order_t], stops[order_t], ids[order_t]
+    by_start = np.argsort(starts, kind="stable")
+    starts, stops, ids = starts[by_start], stops[by_start], ids[by_start]
     k = np.searchsorted(starts, t_all, side="right") - 1
     inside = (k >= 0) & (t_all < stops[np.clip(k, 0, None)])
     keep = np.flatnonzero(inside)
@@ -332,24 +344,24 @@ def _session(nwb, where: str, opt: NwbOptions) -> Session:
     gaze = gaze_all[keep]
     if len(t) == 0:
         raise SessionError(f"{where}: no gaze sample falls inside a trial")
-    rate = median_rate(t, trial)
+    name = str(nwb.session_id or nwb.identifier)
+    try:
+        rate = median_rate(t, trial)
+    except ValueError as e:
+        raise SessionError(f"{where}: {e}") from e
     dt = 1.0 / rate
 
-    # spikes
+    # spikes: times are small, binned per chunk
     if nwb.units is None or len(nwb.units) == 0:
         raise SessionError(f"{where}: no Units table (spike times) in the file")
     units = nwb.units
     unit_ids = np.asarray(units.id[:], dtype=np.int64)
-    has_obs = "obs_intervals" in units.colnames
-    robs = np.zeros((len(t), len(unit_ids)), dtype=np.int32)
-    unit_valid = np.ones((len(t), len(unit_ids)), dtype=bool) if has_obs else None
-    for j in range(len(unit_ids)):
-        st = np.sort(np.asarray(units.get_unit_spike_times(j), dtype=np.float64))
-        robs[:, j] = np.searchsorted(st, t + dt, "left") - np.searchsorted(st, t, "left")
-        if has_obs:
-            unit_valid[:, j] = bins_in_intervals(t, dt, units.get_unit_obs_intervals(j))
+    spikes = [np.sort(np.asarray(units.get_unit_spike_times(j), dtype=np.float64))
+              for j in range(len(unit_ids))]
+    obs = ([units.get_unit_obs_intervals(j) for j in range(len(unit_ids))]
+           if "obs_intervals" in units.colnames else None)
 
-    # stimulus
+    # stimulus geometry and the frame (or image) behind every bin
     if screen:
         if screen_ppd is None:
             raise _geometry_error(where, f"the screen's pixels per degree for {stim_path}")
@@ -361,7 +373,6 @@ def _session(nwb, where: str, opt: NwbOptions) -> Session:
             crop_px = int(opt.crop_px or 51)
             crop_ppd = crop_px / float(opt.crop_deg)
         fill = float(info.get("fill", 127))
-        stim = np.full((len(t), crop_px, crop_px), int(round(fill)), dtype=np.uint8)
         which = np.asarray(series.data[:], dtype=np.int64)
         if len(which) != len(onsets):
             raise SessionError(f"{where}: {stim_path}: {len(which)} indices for "
@@ -371,46 +382,71 @@ def _session(nwb, where: str, opt: NwbOptions) -> Session:
                                f"{len(order)}")
         p_of_bin = np.searchsorted(onsets, t, side="right") - 1
         held = hold_last_valid(gaze, np.isfinite(gaze).all(axis=1))
-        cache: dict[int, np.ndarray] = {}
-        for p in np.unique(p_of_bin[p_of_bin >= 0]):
-            sel = np.flatnonzero(p_of_bin == p)
-            i = int(which[p])
-            if i not in cache:
-                cache = {i: to_uint8_luminance(order[i].data[:], where)}
-            stim[sel] = render_crops(cache[i], held[sel], float(screen_ppd), crop_px, crop_ppd,
-                                     fill=fill)
         ppd = crop_ppd
+        frame_hw = (crop_px, crop_px)
     else:
         frames_t = _times(series, f"{where}: {stim_path}")
         f_of_bin = np.searchsorted(frames_t, t + 1e-9 * dt, side="right") - 1
         if (f_of_bin < 0).any():
             raise SessionError(f"{where}: {stim_path}: gaze bins before the first frame")
-        data = series.data
-        stim = to_uint8_luminance(data[np.unique(f_of_bin)] if len(f_of_bin) else data[:0],
-                                  where)
-        stim = stim[np.searchsorted(np.unique(f_of_bin), f_of_bin)]
+        frame_hw = tuple(series.data.shape[1:3])
         if "ppd" in info:
             ppd = float(info["ppd"])
         elif opt.crop_deg is not None:
-            ppd = stim.shape[2] / float(opt.crop_deg)
+            ppd = frame_hw[1] / float(opt.crop_deg)
         else:
             raise _geometry_error(where, f"the crops' pixels per degree for {stim_path}")
-
-    true_rate = None
-    for module in ("misc", "ground_truth"):
-        if module in nwb.processing and "expected_counts" in nwb.processing[module].data_interfaces:
-            ts = nwb.processing[module]["expected_counts"]
-            true_rate = np.asarray(ts.data[:], dtype=np.float32)[keep]
-            break
-
-    name = str(nwb.session_id or nwb.identifier)
     if not math.isfinite(ppd) or ppd <= 0:
         raise SessionError(f"{where}: crop pixels per degree {ppd} is not positive")
-    return Session(
-        name=name, rate_hz=rate, ppd=ppd, stim=stim, eyepos=gaze,
-        eye_valid=np.isfinite(gaze).all(axis=1), trial=trial, t=t, robs=robs,
-        unit_ids=unit_ids, stim_type=str(nwb.stimulus_notes or "backimage"),
-        unit_valid=unit_valid, true_rate=true_rate)
+
+    truth = None
+    for module in ("misc", "ground_truth"):
+        if module in nwb.processing and "expected_counts" in nwb.processing[module].data_interfaces:
+            truth = nwb.processing[module]["expected_counts"].data
+            break
+    stim_type = str(nwb.stimulus_notes or "backimage")
+    image_cache: dict[int, np.ndarray] = {}
+
+    def frames(a: int, b: int) -> np.ndarray:
+        if not screen:
+            rows = f_of_bin[a:b]
+            lo = int(rows.min())
+            block = series.data[lo : int(rows.max()) + 1]  # one contiguous read
+            return to_uint8_luminance(np.asarray(block)[rows - lo], where)
+        out = np.full((b - a, *frame_hw), int(round(fill)), dtype=np.uint8)
+        p_chunk = p_of_bin[a:b]
+        for p in np.unique(p_chunk[p_chunk >= 0]):
+            sel = np.flatnonzero(p_chunk == p)
+            i = int(which[p])
+            if i not in image_cache:
+                image_cache.clear()  # one screen image held at a time
+                image_cache[i] = to_uint8_luminance(order[i].data[:], where)
+            out[sel] = render_crops(image_cache[i], held[a:b][sel], float(screen_ppd),
+                                    crop_px, crop_ppd, fill=fill)
+        return out
+
+    def read(a: int, b: int) -> Session:
+        tb = t[a:b]
+        robs = np.empty((b - a, len(unit_ids)), dtype=np.int32)
+        unit_valid = None if obs is None else np.empty((b - a, len(unit_ids)), dtype=bool)
+        for j, st in enumerate(spikes):
+            robs[:, j] = np.searchsorted(st, tb + dt, "left") - np.searchsorted(st, tb, "left")
+            if obs is not None:
+                unit_valid[:, j] = bins_in_intervals(tb, dt, obs[j])
+        true_rate = None
+        if truth is not None:
+            rows = keep[a:b]
+            block = np.asarray(truth[int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
+            true_rate = block[rows - rows[0]]
+        session = Session(
+            name=name, rate_hz=rate, ppd=ppd, stim=frames(a, b), eyepos=gaze[a:b],
+            eye_valid=np.isfinite(gaze[a:b]).all(axis=1), trial=trial[a:b], t=tb, robs=robs,
+            unit_ids=unit_ids, stim_type=stim_type, unit_valid=unit_valid,
+            true_rate=true_rate, provenance=source.provenance)
+        return session.validate()
+
+    source = SessionSource(name=name, rate_hz=rate, t=t, trial=trial, read=read)
+    return source
 
 
 def write_nwb(
@@ -486,8 +522,11 @@ def write_nwb(
             st = st[ok]
         nwb.add_unit(id=int(session.unit_ids[j]), spike_times=st, **kw)
     if layout == "crops":
+        from hdmf.data_utils import DataChunkIterator
+
+        frames = DataChunkIterator(data=session.stim, buffer_size=1024)  # never whole
         nwb.add_stimulus(ImageSeries(
-            name=CROPS_NAME, data=session.stim, unit="luminance (uint8)",
+            name=CROPS_NAME, data=frames, unit="luminance (uint8)",
             timestamps=session.t, comments=json.dumps({"ppd": session.ppd}),
             description="gaze-contingent crops, retinal coordinates, row 0 = top",
         ))

@@ -1,0 +1,146 @@
+"""A session read piece by piece: what a reader knows up front, and its frames on demand.
+
+A :class:`SessionSource` holds a session's small per-bin arrays (``t``, ``trial``: a few
+bytes per bin) and reads everything else (frames, gaze, counts, validity, true rates) for a
+range of bins on demand, so a session of any length flows through ingestion in bounded
+memory (:func:`session_chunks`). :func:`polar_data.readers.read_session` is the same path with
+one chunk.
+
+Checks that span the whole session run on ``t`` and ``trial`` up front (time strictly
+increasing, naming the bin; trials contiguous); every other check runs on every chunk
+(:meth:`Session.validate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .resample import resample, resample_firsts
+from .session import Provenance, Session, SessionError
+
+DEFAULT_CHUNK_BINS = 4096  # source bins per chunk (whole trials; a longer trial is one chunk)
+
+
+@dataclass
+class SessionSource:
+    """A session's metadata and bin grid, with ``read(a, b)`` giving bins ``a .. b-1`` (whole
+    trials) as a validated :class:`Session` at the source rate.
+
+    ``t`` float64 [T] bin starts (s), ``trial`` int64 [T]; ``close`` releases the file.
+    """
+
+    name: str
+    rate_hz: float
+    t: np.ndarray
+    trial: np.ndarray
+    read: Callable[[int, int], Session]
+    provenance: Provenance | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+
+    def __post_init__(self):
+        check_bin_grid(self.name, self.t, self.trial)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.t)
+
+
+def check_bin_grid(name: str, t: np.ndarray, trial: np.ndarray) -> None:
+    """The checks that span chunks: lengths, finite and strictly increasing time (naming
+    the first bad bin), contiguous trials."""
+    if len(t) != len(trial):
+        raise SessionError(f"session {name!r}: t has {len(t)} bins, trial {len(trial)}")
+    if len(t) == 0:
+        raise SessionError(f"session {name!r}: stim: session is empty (0 bins)")
+    if not np.isfinite(t).all():
+        raise SessionError(f"session {name!r}: t: contains NaN/inf at bin "
+                           f"{int(np.flatnonzero(~np.isfinite(t))[0])}")
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0])
+        raise SessionError(
+            f"session {name!r}: t: time is not strictly increasing at bin {i + 1} "
+            f"({t[i]:.6f} s -> {t[i + 1]:.6f} s): time must be chronological, oldest first")
+    change = np.flatnonzero(np.diff(trial)) + 1
+    ids = trial[np.concatenate([[0], change])]
+    if len(np.unique(ids)) != len(ids):
+        raise SessionError(f"session {name!r}: trial: a trial id appears in two separate runs "
+                           "of bins (trials must be contiguous)")
+
+
+def chunk_bounds(trial: np.ndarray, max_bins: int) -> list[tuple[int, int]]:
+    """Bin ranges ``(a, b)`` of whole trials, each at most ``max_bins`` long unless one trial
+    is longer (then that trial alone)."""
+    change = np.flatnonzero(np.diff(trial)) + 1
+    starts = np.concatenate([[0], change]).tolist()
+    stops = np.concatenate([change, [len(trial)]]).tolist()
+    out: list[tuple[int, int]] = []
+    a = 0
+    for s, e in zip(starts, stops):
+        if e - a > max_bins and s > a:
+            out.append((a, s))
+            a = s
+    out.append((a, len(trial)))
+    return out
+
+
+def resample_factor(rate_hz: float, target_rate_hz: float | None, where: str) -> int:
+    if target_rate_hz is None:
+        return 1
+    factor = rate_hz / target_rate_hz
+    if abs(factor - round(factor)) > 1e-6 or round(factor) < 1:
+        raise ValueError(f"{where}: cannot resample {rate_hz:g} Hz to {target_rate_hz:g} Hz "
+                         "(the ratio must be a whole number)")
+    return int(round(factor))
+
+
+def resampled_trials(source: SessionSource, factor: int) -> np.ndarray:
+    """int64 [T']: the trial id of every bin after resampling (cheap: no frames read)."""
+    firsts = resample_firsts(source.trial, factor)
+    if firsts.size == 0:
+        raise SessionError(f"session {source.name!r}: every trial is shorter than the "
+                           f"resample factor {factor}")
+    return source.trial[firsts]
+
+
+def session_chunks(source: SessionSource, factor: int = 1,
+                   max_bins: int = DEFAULT_CHUNK_BINS) -> Iterator[Session]:
+    """The session as validated chunks of whole trials, resampled by ``factor`` within
+    trials. At most about ``max_bins`` source bins are held at a time."""
+    if factor > 1:
+        resampled_trials(source, factor)  # refuses a session with nothing left
+    for a, b in chunk_bounds(source.trial, max_bins):
+        chunk = source.read(a, b)
+        if factor > 1:
+            if resample_firsts(chunk.trial, factor).size == 0:
+                continue  # every trial of this chunk is shorter than the factor
+            chunk = resample(chunk, factor)
+        yield chunk.validate()
+
+
+def concat(chunks: list[Session]) -> Session:
+    """One Session from consecutive chunks of the same session."""
+    first = chunks[0]
+    if len(chunks) == 1:
+        return first
+
+    def cat(key):
+        parts = [getattr(c, key) for c in chunks]
+        return None if parts[0] is None else np.concatenate(parts)
+
+    return Session(
+        name=first.name, rate_hz=first.rate_hz, ppd=first.ppd, stim=cat("stim"),
+        eyepos=cat("eyepos"), eye_valid=cat("eye_valid"), trial=cat("trial"), t=cat("t"),
+        robs=cat("robs"), unit_ids=first.unit_ids, stim_type=first.stim_type,
+        unit_valid=cat("unit_valid"), true_rate=cat("true_rate"),
+        provenance=first.provenance, extra=dict(first.extra))
