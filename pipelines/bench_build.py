@@ -118,7 +118,7 @@ def _peak_rss_build(src: Path, out: Path, chunk_bins: int | None) -> tuple[float
         store["ingest_chunk_bins"] = chunk_bins
     cfg.write_text(yaml.safe_dump({"store": store}))
     script = Path(__file__).with_name("build_shards.py")
-    code = ("import resource, runpy, sys, time; t0 = time.perf_counter(); "
+    code = ("import runpy, sys, time; t0 = time.perf_counter(); "
             f"sys.argv = ['build_shards.py', '--config', {str(cfg)!r}, '--workers', '1', "
             f"'--no-progress', {str(src)!r}]\n"
             "try:\n"

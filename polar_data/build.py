@@ -171,9 +171,13 @@ def _demo_one(cfg: DataConfig, index: int, folder: str) -> str:
     from .demo.generate import generate_session, natural_images, write_demo_session
 
     images = natural_images()
-    demo = generate_session(cfg.demo, index, images)
-    write_demo_session(demo, folder, cfg.demo, images)
-    return demo.session.name
+    scratch = Path(folder) / f".scratch-{index:02d}"  # frames memory-mapped, not held
+    try:
+        demo = generate_session(cfg.demo, index, images, scratch=scratch)
+        write_demo_session(demo, folder, cfg.demo, images)
+        return demo.session.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def demo_sources(cfg: DataConfig, out_dir: Path, job_index: int, num_jobs: int, workers: int,
