@@ -37,6 +37,7 @@ from polar_data.schema import StoreError
 from polar_model.build import required_window_len
 from polar_model.config import load_model_config
 from polar_model.lit_module import EncodingModule, TrainConfig
+from polar_model.predictor import SaveDataFacts, data_facts
 from polar_model.preemption import SaveLast
 from polar_model.spec import DataSpec
 
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
     out = a.out or ROOT / "runs" / a.model.stem
     module = EncodingModule.create(model_cfg, spec_of(dm), tc)
     trainer = make_trainer(tc, out, a)
+    trainer.callbacks.append(SaveDataFacts(data_facts(dm.info)))  # for polar_model.load
     trainer.fit(module, datamodule=dm, ckpt_path=a.resume)
     best = trainer.checkpoint_callback.best_model_path
     score = trainer.checkpoint_callback.best_model_score

@@ -24,6 +24,7 @@ class StoreInfo:
     pixel_std: float
     sessions: tuple[str, ...]           # sorted; a batch's ``session`` indexes this
     n_units: tuple[int, ...]
+    unit_ids: tuple[tuple[int, ...], ...]  # per session, the recording's unit ids
     mean_rates: tuple[tuple[float, ...], ...]  # spikes per bin, per unit
     rate_hz: float
     frame_hw: tuple[int, int]
@@ -58,6 +59,7 @@ class StoreInfo:
             pixel_std=float(manifest["pixel_stats"]["std"]),
             sessions=names,
             n_units=tuple(int(s["n_units"]) for s in sess),
+            unit_ids=tuple(tuple(int(u) for u in s["unit_ids"]) for s in sess),
             mean_rates=tuple(tuple(float(r) for r in s["mean_rate"]) for s in sess),
             rate_hz=float(rates.pop()),
             frame_hw=hws.pop(),

@@ -1,0 +1,117 @@
+"""A trained model anyone can use: ``polar_model.load(ckpt).predict(stim, eyepos, session)``.
+
+The checkpoint carries everything prediction needs (``pipelines/train.py`` writes it under
+``checkpoint["data_facts"]``): the store's pixel statistics, bin rate, window length, session
+names and each session's recording unit ids, so no store or loader is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+DATA_FACTS = "data_facts"
+
+
+class Predictor:
+    """A trained encoding model in eval mode with the facts of the data it was trained on.
+
+    Attributes: ``sessions`` (names), ``rate_hz`` (bins per second), ``window_len`` (bins of
+    history per prediction, the current bin included), ``pixel_mean`` / ``pixel_std``,
+    ``frame_hw`` (crop size in pixels), ``module`` (the Lightning module).
+    """
+
+    def __init__(self, module, facts: dict, device: str | torch.device = "cpu"):
+        self.module = module.to(device).eval()
+        self.device = torch.device(device)
+        self.sessions = tuple(facts["sessions"])
+        self.rate_hz = float(facts["rate_hz"])
+        self.window_len = int(facts["window_len"])
+        self.pixel_mean = float(facts["pixel_mean"])
+        self.pixel_std = float(facts["pixel_std"])
+        self.frame_hw = tuple(facts["frame_hw"])
+        self._unit_ids = {k: np.asarray(v, dtype=np.int64) for k, v in facts["unit_ids"].items()}
+
+    def unit_ids(self, session: str) -> np.ndarray:
+        """int64 [N]: the recording's unit ids of ``session``, in output column order."""
+        return self._unit_ids[self._check_session(session)]
+
+    def _check_session(self, session: str) -> str:
+        if session not in self.sessions:
+            raise KeyError(f"unknown session {session!r}; the model knows {list(self.sessions)}")
+        return session
+
+    @torch.no_grad()
+    def predict(self, stim: np.ndarray, eyepos: np.ndarray, session: str,
+                batch_size: int = 256) -> np.ndarray:
+        """Expected spike counts per bin, float32 ``[T, N]``.
+
+        ``stim``: uint8 ``[T, H, W]`` gaze-contingent frames, oldest first, at ``rate_hz``;
+        ``eyepos``: float32 ``[T, 2]`` gaze in degrees (x right, y up). Bin ``t`` is predicted
+        from the window of ``window_len`` bins ending at ``t`` (as the window-mode loader
+        does), so rows before the first full window, and rows whose window holds a bin
+        without valid (finite) gaze, are NaN.
+        """
+        index = self.sessions.index(self._check_session(session))
+        stim = np.asarray(stim)
+        eyepos = np.asarray(eyepos, dtype=np.float32)
+        if stim.dtype != np.uint8 or stim.ndim != 3 or stim.shape[1:] != self.frame_hw:
+            raise ValueError(f"stim must be uint8 [T, {self.frame_hw[0]}, {self.frame_hw[1]}], "
+                             f"got {stim.dtype} {stim.shape}")
+        if eyepos.shape != (len(stim), 2):
+            raise ValueError(f"eyepos must be [T, 2] = {(len(stim), 2)}, got {eyepos.shape}")
+        W, T = self.window_len, len(stim)
+        n_units = len(self._unit_ids[session])
+        out = np.full((T, n_units), np.nan, dtype=np.float32)
+        finite = np.isfinite(eyepos).all(axis=1)
+        run = np.zeros(T, dtype=np.int64)  # valid bins ending at t
+        count = 0
+        for t in range(T):
+            count = count + 1 if finite[t] else 0
+            run[t] = count
+        ends = np.flatnonzero(run >= W)
+        offsets = np.arange(-W + 1, 1)
+        for i in range(0, len(ends), batch_size):
+            e = ends[i : i + batch_size]
+            rows = e[:, None] + offsets[None, :]
+            frames = (stim[rows].astype(np.float32) - self.pixel_mean) / self.pixel_std
+            x = torch.from_numpy(frames).unsqueeze(1).to(self.device)
+            beh = torch.from_numpy(eyepos[rows]).to(self.device)
+            log_rate = self.module.model(x, beh, index, last_only=True).log_rate
+            out[e] = log_rate[:, -1].exp().float().cpu().numpy()
+        return out
+
+
+def data_facts(info) -> dict:
+    """The checkpoint entry :class:`Predictor` needs, from a store's ``StoreInfo``."""
+    return {"sessions": list(info.sessions), "rate_hz": info.rate_hz,
+            "window_len": info.window_len, "pixel_mean": info.pixel_mean,
+            "pixel_std": info.pixel_std, "frame_hw": list(info.frame_hw),
+            "unit_ids": {n: [int(u) for u in ids] for n, ids in zip(info.sessions,
+                                                                   info.unit_ids)}}
+
+
+class SaveDataFacts(L.Callback):
+    """Writes ``facts`` (see :func:`data_facts`) into every checkpoint."""
+
+    def __init__(self, facts: dict):
+        self.facts = facts
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[DATA_FACTS] = self.facts
+
+
+def load(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """A ready model from a checkpoint of ``pipelines/train.py`` (eval mode, on ``device``)."""
+    from .lit_module import EncodingModule
+
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    if DATA_FACTS not in ckpt:
+        raise ValueError(f"{ckpt_path}: the checkpoint lacks {DATA_FACTS!r} (written by "
+                         "pipelines/train.py since this version); retrain, or build a "
+                         "Predictor yourself from the store's StoreInfo")
+    module = EncodingModule.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+    return Predictor(module, ckpt[DATA_FACTS], device)
