@@ -20,7 +20,6 @@ On demo sessions totalling at least ``--gb`` GB of stored frames (default 1.0, r
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -31,28 +30,14 @@ import numcodecs
 import numpy as np
 import yaml
 
-from polar_data.demo.generate import DemoConfig, generate_session, natural_images
-from polar_data.readers import write_nwb
-
-sys.path.insert(0, str(Path(__file__).parent))
-from build_shards import main as build_main  # noqa: E402  (a sibling script)
-
-
-def make_sessions(folder: Path, gb: float, crop_px: int, rate: float, n_sessions: int,
-                  seed: int) -> tuple[list[Path], int]:
-    frame = crop_px * crop_px
-    duration = gb * 1e9 / frame / rate / n_sessions * 1.02
-    cfg = DemoConfig(n_sessions=n_sessions, duration_s=duration, rate_hz=rate, crop_px=crop_px,
-                     crop_deg=crop_px / 37.505, screen_ppd=37.505, seed=seed)
-    images = natural_images()
-    paths, frames = [], 0
-    for i in range(n_sessions):
-        d = generate_session(cfg, i, images)
-        paths.append(write_nwb(d.session, folder / f"bench{i:02d}.nwb", d.spike_times,
-                               layout="crops"))
-        frames += d.session.n_bins
-        del d
-    return paths, frames
+from polar_data.build import build_store
+from polar_data.data_config import load_data_config
+from polar_data.demo.generate import (
+    DemoConfig,
+    generate_session,
+    natural_images,
+    write_sized_sessions,
+)
 
 
 def plain_copy_seconds(folder: Path, nbytes: int) -> float:
@@ -188,7 +173,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_build_", dir=a.workdir))
     try:
         print(f"generating demo sessions ({a.gb:g} GB of {a.crop_px}x{a.crop_px} frames)...")
-        src, frames = make_sessions(work / "src", a.gb, a.crop_px, a.rate, a.sessions, 0)
+        src, frames = write_sized_sessions(work / "src", a.gb, a.crop_px, a.rate, a.sessions)
         frame_bytes = frames * a.crop_px**2
         store = {"out_dir": str(work / "store"), "target_rate_hz": None}
         cfg = work / "bench.yaml"
@@ -196,12 +181,9 @@ def main(argv=None) -> int:
 
         t_copy = plain_copy_seconds(work, frame_bytes)
         t0 = time.perf_counter()
-        rc = build_main(["--config", str(cfg), "--workers", str(a.workers), "--no-progress",
-                         *map(str, src)])
+        manifest = build_store(load_data_config(cfg), [str(p) for p in src],
+                               workers=a.workers)
         t_build = time.perf_counter() - t0
-        if rc != 0:
-            raise SystemExit(f"build failed with status {rc}")
-        manifest = json.loads((work / "store" / "manifest.json").read_text())
         window_len = manifest["window_len"]
         zarr_bytes = folder_bytes(work / "store" / "zarr")
         zarr_stim = folder_bytes(work / "store" / "zarr") - sum(

@@ -33,14 +33,13 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from polar_data.build import build_store
+from polar_data.data_config import load_data_config
+from polar_data.demo.generate import write_sized_sessions
 from polar_data.store_info import StoreInfo
 from polar_data.wds_stream import ShardStream
 from polar_data.zarr_store import open_store
 from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_build import make_sessions  # noqa: E402  (a sibling script)
-from build_shards import main as build_main  # noqa: E402
 
 
 def _pss_kb(pid: int) -> int:
@@ -155,13 +154,11 @@ def main(argv=None) -> int:
     if store is None:
         work = Path(tempfile.mkdtemp(prefix="bench_loaders_"))
         print(f"building a {a.gb:g} GB demo store of {a.crop_px}x{a.crop_px} frames...")
-        src, _ = make_sessions(work / "src", a.gb, a.crop_px, 120.0, 4, 1)
+        src, _ = write_sized_sessions(work / "src", a.gb, a.crop_px, 120.0, 4, seed=1)
         cfg = work / "c.yaml"
         cfg.write_text(yaml.safe_dump({"store": {"out_dir": str(work / "store"),
                                                  "target_rate_hz": None}}))
-        if build_main(["--config", str(cfg), "--workers", "2", "--no-progress",
-                       *map(str, src)]) != 0:
-            raise SystemExit("store build failed")
+        build_store(load_data_config(cfg), [str(p) for p in src], workers=2)
         shutil.rmtree(work / "src")
         store = work / "store"
     try:

@@ -128,7 +128,13 @@ def main(argv=None) -> int:
 
 def build(a, cfg, out: Path, progress: bool) -> int:
     """The build stages, run while this process holds the output folder's lock."""
-    window_len = resolve_window_len(cfg, a.model_config)
+    need = None
+    if a.model_config is not None:  # the window rule lives on the model side
+        from polar_model.build import required_window_len
+        from polar_model.config import load_model_config
+
+        need = required_window_len(load_model_config(a.model_config))
+    window_len = resolve_window_len(cfg, need, str(a.model_config))
     patterns = a.sessions or cfg.sessions
     if patterns:
         sources = resolve_sources(patterns)

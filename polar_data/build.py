@@ -76,27 +76,24 @@ class SessionResult:
 # ----------------------------------------------------------------------------- settings
 
 
-def resolve_window_len(cfg: DataConfig, model_config: str | Path | None) -> int:
+def resolve_window_len(cfg: DataConfig, model_need: int | None = None,
+                       model_name: str = "the model") -> int:
     """The store's window length: the config's, else what the model needs, else 16.
 
-    Refuses (BuildError naming both numbers) a window shorter than the model's
-    ``jepa_delta + min_context``.
+    ``model_need``: the shortest window the model can use (the model side computes it, e.g.
+    ``jepa_delta + min_context``); a configured window shorter than that is refused
+    (BuildError naming both numbers).
     """
     asked = cfg.store.window_len
-    if model_config is None:
+    if model_need is None:
         return asked if asked is not None else DEFAULT_WINDOW_LEN
-    from polar_model.build import required_window_len
-    from polar_model.config import load_model_config
-
-    mcfg = load_model_config(model_config)
-    need = required_window_len(mcfg)
     if asked is None:
-        return max(need, DEFAULT_WINDOW_LEN)
-    if asked < need:
+        return max(model_need, DEFAULT_WINDOW_LEN)
+    if asked < model_need:
         raise BuildError(
-            f"store.window_len = {asked} is too short for {model_config}: the model needs "
-            f"window_len >= {need} (jepa_delta + min_context). Raise store.window_len to "
-            f"{need} or leave it unset so --model-config derives it."
+            f"store.window_len = {asked} is too short for {model_name}: the model needs "
+            f"window_len >= {model_need} (jepa_delta + min_context). Raise store.window_len "
+            f"to {model_need} or leave it unset so --model-config derives it."
         )
     return asked
 
@@ -448,6 +445,28 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
     manifest = seal(manifest)
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+# ----------------------------------------------------------------------------- all stages
+
+
+def build_store(cfg: DataConfig, sources: list[str], window_len: int | None = None,
+                workers: int = 1, progress: bool = False) -> dict:
+    """Every stage in one call, holding the output folder's lock: ingest ``sources`` into
+    ``cfg.store.out_dir``, write the shards and the manifest; returns the manifest. A failed
+    session raises BuildError naming it (the command line reports it instead)."""
+    from .build_lock import build_lock
+
+    out = Path(cfg.store.out_dir)
+    window_len = window_len or resolve_window_len(cfg)
+    with build_lock(out, "all"):
+        check_settings(out, settings(cfg, window_len))
+        failed = [r.error for r in ingest(sources, cfg, window_len, out, workers=workers,
+                                          progress=progress) if r.error]
+        if failed:
+            raise BuildError("; ".join(failed))
+        write_shards(out, sources, cfg, window_len, workers=workers, progress=progress)
+        return finalize(out, sources, cfg, window_len)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,12 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import load_pipeline, spike_times_from_counts, tiny_session  # noqa: E402
+from helpers import load_pipeline, spike_times_from_counts, tiny_session
 
 TINY_STORE = {"window_len": 6, "clip_len": 10, "target_rate_hz": 120.0, "chunk_bins": 32,
               "shard_target_mb": 0.01, "splits": {"train": 0.5, "val": 0.25, "test": 0.25}}

@@ -232,3 +232,26 @@ def write_demo_sessions(out_dir: str | Path, cfg: DemoConfig = DemoConfig(),
         demo = generate_session(cfg, i, images)
         paths.append(write_demo_session(demo, out_dir, cfg, images))
     return paths
+
+
+def write_sized_sessions(folder: str | Path, gb: float, crop_px: int, rate_hz: float,
+                         n_sessions: int, seed: int = 0) -> tuple[list[Path], int]:
+    """Demo NWB sessions (crops layout) holding about ``gb`` GB of frames in all, for
+    benchmarks; returns the paths and the number of bins."""
+    folder = Path(folder)
+    duration = gb * 1e9 / (crop_px * crop_px) / rate_hz / n_sessions * 1.02
+    cfg = DemoConfig(n_sessions=n_sessions, duration_s=duration, rate_hz=rate_hz,
+                     crop_px=crop_px, crop_deg=crop_px / 37.505, screen_ppd=37.505, seed=seed)
+    images = natural_images()
+    paths, bins = [], 0
+    for i in range(n_sessions):
+        scratch = folder / f".scratch-{i:02d}"
+        demo = generate_session(cfg, i, images, scratch=scratch)
+        paths.append(write_nwb(demo.session, folder / f"bench{i:02d}.nwb", demo.spike_times,
+                               layout="crops"))
+        bins += demo.session.n_bins
+        del demo
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    return paths, bins
