@@ -176,6 +176,12 @@ class EncodingModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["jepa_scale"] = self._jepa_scale  # exact resume between measurements
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._jepa_scale = checkpoint.get("jepa_scale", 1.0)
+
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         self.model.update_teacher()  # JEPA EMA teacher: after the step, outside forward
