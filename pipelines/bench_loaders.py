@@ -132,7 +132,12 @@ def run(make_loader, batches: int, per_batch) -> tuple[float, float]:
         t0 = time.perf_counter()
         bins = 0
         for _ in range(batches):
-            bins += per_batch(next(it))
+            try:
+                batch = next(it)
+            except StopIteration:  # a short split: go on into the next epoch
+                it = iter(loader)
+                batch = next(it)
+            bins += per_batch(batch)
         dt = time.perf_counter() - t0
         del it, loader
     return bins / dt, mem.peak_mb

@@ -12,6 +12,7 @@ Use with ``DataLoader(ds, batch_sampler=sampler, collate_fn=identity)``.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,38 @@ def identity(x):
     return x
 
 
+class ChunkCache:
+    """Decoded Zarr chunks (along time) of one worker, least recently used dropped first
+    beyond ``max_mb``. Neighbouring windows and the batches of one pooled block share chunks,
+    so each is decoded about once per epoch instead of once per batch."""
+
+    def __init__(self, max_mb: float = 64.0):
+        self.max_bytes, self.bytes = int(max_mb * 1e6), 0
+        self.chunks: OrderedDict = OrderedDict()
+
+    def rows(self, array, key, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo .. hi-1`` of ``array`` (a zarr array chunked along axis 0). An array of
+        at most 1/8 of the budget (gaze, counts, masks of a session) is read whole, once."""
+        small = array.nbytes <= self.max_bytes // 8
+        cb = array.shape[0] if small else array.chunks[0]
+        first, last = lo // cb, (hi - 1) // cb
+        parts = []
+        for c in range(first, last + 1):
+            k = (key, c)
+            chunk = self.chunks.get(k)
+            if chunk is None:
+                chunk = array[c * cb : min((c + 1) * cb, array.shape[0])]
+                self.chunks[k] = chunk
+                self.bytes += chunk.nbytes
+                while self.bytes > self.max_bytes and len(self.chunks) > 1:
+                    self.bytes -= self.chunks.popitem(last=False)[1].nbytes
+            else:
+                self.chunks.move_to_end(k)
+            parts.append(chunk)
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return data[lo - first * cb : hi - first * cb]
+
+
 class ZarrWindows(Dataset):
     """Windows (``mode='window'``) or clips (``mode='clip'``) of one split of a local store.
 
@@ -40,7 +73,7 @@ class ZarrWindows(Dataset):
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str = "window",
-                 verify_chunks: bool = False):
+                 verify_chunks: bool = False, cache_mb: float = 64.0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if mode not in ("window", "clip"):
@@ -63,7 +96,8 @@ class ZarrWindows(Dataset):
         self.index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), int)
         self.n_targets = np.concatenate(n_targets) if n_targets else None
         self.chunk_bins = int(root[info.sessions[0]]["stim"].chunks[0])
-        self._groups = None  # opened lazily in each worker
+        self.cache_mb = cache_mb
+        self._groups = self._cache = None  # opened lazily in each worker
 
     def _root(self):
         import zarr
@@ -75,14 +109,23 @@ class ZarrWindows(Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_groups"] = None
+        state["_groups"] = state["_cache"] = None
         return state
 
-    def _group(self, s: int):
+    def _arrays(self, s: int) -> dict:
+        """Session ``s``'s arrays, opened once per worker (opening reads their metadata)."""
         if self._groups is None:
             root = self._root()
-            self._groups = [root[n] for n in self.info.sessions]
+            names = ["stim", "eyepos", "robs", "dfs"]
+            if self.info.has_true_rate:
+                names.append("true_rate")
+            self._groups = [{k: root[n][k] for k in names} for n in self.info.sessions]
+            self._cache = ChunkCache(self.cache_mb)
         return self._groups[s]
+
+    def _rows(self, s: int, name: str, lo: int, hi: int) -> np.ndarray:
+        array = self._arrays(s)[name]  # opens the arrays and the cache on first use
+        return self._cache.rows(array, (s, name), lo, hi)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -96,10 +139,11 @@ class ZarrWindows(Dataset):
         sess = np.unique(self.index[idx, 0])
         if len(sess) != 1:
             raise ValueError(f"indices span sessions {sess.tolist()}; batches hold one session")
-        g = self._group(int(sess[0]))
+        si = int(sess[0])
         W = self.info.window_len
         bins = self.index[idx, 1]
         items = []
+        truth = self.info.has_true_rate
         if self.mode == "window":
             # read each run of nearby windows once: stretches separated by > one chunk
             order = np.argsort(bins)
@@ -107,14 +151,13 @@ class ZarrWindows(Dataset):
             by_pos = {}
             for part in np.split(order, cuts):
                 lo, hi = int(bins[part].min()) - W + 1, int(bins[part].max()) + 1
-                stim, eye = g["stim"][lo:hi], g["eyepos"][lo:hi]
-                robs, dfs = g["robs"][lo:hi], g["dfs"][lo:hi]
-                tr = g["true_rate"][lo:hi] if self.info.has_true_rate else None
+                stim, eye = self._rows(si, "stim", lo, hi), self._rows(si, "eyepos", lo, hi)
+                robs, dfs = self._rows(si, "robs", lo, hi), self._rows(si, "dfs", lo, hi)
+                tr = self._rows(si, "true_rate", lo, hi) if truth else None
                 for k in part:
                     e = int(bins[k]) - lo
                     it = {"stim": stim[e - W + 1 : e + 1], "eyepos": eye[e - W + 1 : e + 1],
-                          "robs": robs[e], "dfs": dfs[e], "session": int(sess[0]),
-                          "end": int(bins[k])}
+                          "robs": robs[e], "dfs": dfs[e], "session": si, "end": int(bins[k])}
                     if tr is not None:
                         it["true_rate"] = tr[e]
                     by_pos[int(k)] = it
@@ -122,12 +165,12 @@ class ZarrWindows(Dataset):
         else:
             for k, i in enumerate(idx):
                 s, n = int(bins[k]), int(self.n_targets[i])
-                it = {"stim": g["stim"][s - W + 1 : s + n],
-                      "eyepos": g["eyepos"][s - W + 1 : s + n],
-                      "robs": g["robs"][s : s + n], "dfs": g["dfs"][s : s + n],
-                      "session": int(sess[0]), "end": s + n - 1}
-                if self.info.has_true_rate:
-                    it["true_rate"] = g["true_rate"][s : s + n]
+                it = {"stim": self._rows(si, "stim", s - W + 1, s + n),
+                      "eyepos": self._rows(si, "eyepos", s - W + 1, s + n),
+                      "robs": self._rows(si, "robs", s, s + n),
+                      "dfs": self._rows(si, "dfs", s, s + n), "session": si, "end": s + n - 1}
+                if truth:
+                    it["true_rate"] = self._rows(si, "true_rate", s, s + n)
                 items.append(pad_clip(it, self.info.clip_len))
         return collate(items, self.info.pixel_mean, self.info.pixel_std)
 
@@ -138,7 +181,9 @@ class LocalityBatchSampler(Sampler[list[int]]):
     Per epoch (seed ``(seed, epoch)``): each session's entries are grouped into blocks of
     ``chunk_bins`` bins; blocks are shuffled; every ``blocks_per_batch`` blocks are pooled,
     shuffled and cut into batches (a leftover joins the next group, so a batch reads at most
-    2 x ``blocks_per_batch`` blocks); all batches of all sessions are then shuffled together.
+    2 x ``blocks_per_batch`` blocks); the pools of all sessions are then shuffled together,
+    each pool's batches kept consecutive, so a worker's chunk cache (:class:`ChunkCache`)
+    decodes each chunk about once per epoch.
     With several ranks, rank r takes batches r, r + world, ... and all ranks get the same
     count. ``shuffle=False`` gives entries in index order (evaluation). ``skip_batches``: batches
     of the first epoch already trained (a run resumed mid-epoch); the length stays the
@@ -168,7 +213,8 @@ class LocalityBatchSampler(Sampler[list[int]]):
     def _batches(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")
         index = self.ds.index
-        out = []
+        out: list[list[int]] = []
+        groups: list[list[list[int]]] = []  # the batches cut from one pool of blocks
         for s in np.unique(index[:, 0]):
             rows = np.flatnonzero(index[:, 0] == s)
             if not self.shuffle:
@@ -183,13 +229,17 @@ class LocalityBatchSampler(Sampler[list[int]]):
                 for b in blocks[k : k + self.blocks_per_batch]:
                     pool += b
                 rng.shuffle(pool)
+                group = []
                 while len(pool) >= self.batch_size:
-                    out.append(pool[: self.batch_size])
+                    group.append(pool[: self.batch_size])
                     pool = pool[self.batch_size :]
+                if group:
+                    groups.append(group)
             if pool and not self.drop_last:
-                out.append(pool)
-        if self.shuffle:
-            rng.shuffle(out)
+                groups.append([pool])
+        if self.shuffle:  # pools in random order; a pool's batches stay together
+            rng.shuffle(groups)
+            out = [b for g in groups for b in g]
         per_rank = len(out) // self.world_size if self.drop_last else -(-len(out) //
                                                                         self.world_size)
         mine = out[self.rank :: self.world_size][:per_rank]
