@@ -20,6 +20,7 @@ memory <= 1/5 of the baseline's.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from polar_data.batches import normalize, pad_clip
 from polar_data.build import build_store
 from polar_data.data_config import load_data_config
 from polar_data.demo.generate import write_sized_sessions
@@ -122,6 +124,112 @@ class InRamWindows(Dataset):
                 "dataset_idx": s}
 
 
+# ----------------------------------------------------------------------------- peers
+PEER_EXTRA = ('litdata comes with the [bench] extra: pip install -e ".[bench]"; with a CPU-only '
+              'torch (whose matching torchvision is not on PyPI) use: pip install --no-deps '
+              'litdata && pip install lightning-utilities obstore tifffile boto3')
+
+
+def peer_rows(store: Path, info: StoreInfo, split: str = "train") -> list[tuple[int, int, int]]:
+    """(session index, first target, targets) of every stored clip of ``split``."""
+    root = open_store(store / "zarr")
+    return [(i, int(a), int(n)) for i, name in enumerate(info.sessions)
+            for a, n in root[name][f"clips/{split}"][...]]
+
+
+@functools.lru_cache(maxsize=2)
+def _opened(store: str):
+    return StoreInfo.load(store), open_store(Path(store) / "zarr")
+
+
+def read_peer_clip(store: str, row: tuple[int, int, int]) -> dict:
+    """One clip as plain numpy arrays, the same bins as our shards hold, padded like our
+    loaders pad (to ``clip_len`` targets; units to the store's largest session)."""
+    info, root = _opened(store)
+    g = root[info.sessions[row[0]]]
+    W, L, n_max = info.window_len, info.clip_len, max(info.n_units)
+    s, n = row[1], row[2]
+    item = pad_clip({"stim": g["stim"][s - W + 1 : s + n], "eyepos": g["eyepos"][s - W + 1 : s + n],
+                     "robs": g["robs"][s : s + n], "dfs": g["dfs"][s : s + n],
+                     "session": row[0], "end": s + n - 1}, L)
+    pad = ((0, 0), (0, n_max - item["robs"].shape[1]))
+    return {"stim": item["stim"], "eyepos": item["eyepos"].astype(np.float32),
+            "robs": np.pad(item["robs"], pad).astype(np.float32),
+            "dfs": np.pad(item["dfs"], pad).astype(np.float32)}
+
+
+class PeerCollate:
+    """What our loaders hand the model, made from the peers' samples: stim normalised to
+    float32 [B, 1, S, H, W], gaze, counts and masks as float32."""
+
+    def __init__(self, mean: float, std: float):
+        self.mean, self.std = mean, std
+
+    def __call__(self, samples):
+        if isinstance(samples, dict):  # litdata's default batching: a dict of lists/tensors
+            samples = [dict(zip(samples, v)) for v in zip(*samples.values())]
+        stim = np.stack([np.asarray(x["stim"]) for x in samples])
+        return {"stim": torch.from_numpy(normalize(stim, self.mean, self.std)).unsqueeze(1),
+                **{k: torch.from_numpy(np.stack([np.asarray(x[k]) for x in samples]))
+                   for k in ("eyepos", "robs", "dfs")}}
+
+
+def write_litdata(store: Path, rows: list, out: Path) -> None:
+    from functools import partial
+
+    from litdata import optimize
+
+    optimize(fn=partial(read_peer_clip, str(store)), inputs=rows, output_dir=str(out),
+             chunk_bytes="64MB", num_workers=1, start_method="spawn")
+
+
+def litdata_loader(out: Path, batch: int, workers: int, mean: float, std: float):
+    from litdata import StreamingDataLoader, StreamingDataset
+
+    ds = StreamingDataset(str(out), shuffle=True, seed=0)
+    return StreamingDataLoader(ds, batch_size=batch, num_workers=workers,
+                               collate_fn=PeerCollate(mean, std), drop_last=True)
+
+
+def write_plain_wds(store: Path, rows: list, out: Path, shard_mb: float = 64.0) -> list[str]:
+    """Per-clip ``.npy`` members in plain tar shards (webdataset's TarWriter and encoder)."""
+    import webdataset as wds
+
+    out.mkdir(parents=True, exist_ok=True)
+    urls, tw, size = [], None, 0.0
+    for k, row in enumerate(rows):
+        if tw is None or size > shard_mb * 1e6:
+            if tw is not None:
+                tw.close()
+            urls.append(str(out / f"plain-{len(urls):05d}.tar"))
+            tw, size = wds.TarWriter(urls[-1]), 0.0
+        clip = read_peer_clip(str(store), row)
+        tw.write({"__key__": f"{k:08d}", **{f"{n}.npy": v for n, v in clip.items()}})
+        size += sum(v.nbytes for v in clip.values())
+    tw.close()
+    return urls
+
+
+def plain_wds_loader(urls: list[str], batch: int, workers: int, mean: float, std: float):
+    """The usual plain-webdataset pipeline: shard shuffle, sample shuffle, decode, batch."""
+    import webdataset as wds
+
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), workersplitter=wds.split_by_worker,
+                         nodesplitter=wds.split_by_node, empty_check=False)
+          .shuffle(32).decode().rename_keys(stim="stim.npy", eyepos="eyepos.npy",
+                                            robs="robs.npy", dfs="dfs.npy")
+          .batched(batch, collation_fn=PeerCollate(mean, std), partial=False))
+    return wds.WebLoader(ds, batch_size=None, num_workers=workers,
+                         persistent_workers=workers > 0)
+
+
+def folder_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+# ----------------------------------------------------------------------------- timing
+
+
 def run(make_loader, batches: int, per_batch) -> tuple[float, float]:
     """(predicted bins per second, peak MB) over ``batches`` batches after 3 warm-up."""
     with PeakMemory() as mem:
@@ -152,6 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=150)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-peers", action="store_true", help="skip litdata / plain webdataset")
     a = p.parse_args(argv)
 
     work = None
@@ -202,20 +311,52 @@ def main(argv=None) -> int:
                                   collate_fn=identity, **kw)
             rows.append(("ours: Zarr random access", mode, *run(mk, a.batches, (
                 window_bins if mode == "window" else clip_bins))))
+        disk = {"ours: WebDataset streaming": folder_mb(store / "wds"),
+                "ours: Zarr random access": folder_mb(store / "zarr")}
+        peers = []
+        if not a.no_peers:
+            peer_dir = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+            try:
+                clips = peer_rows(store, info)
+                mean, std = info.pixel_mean, info.pixel_std
+                bc = max(1, B // 8)
+                urls = write_plain_wds(store, clips, peer_dir / "plain")
+                disk["peer: plain webdataset (.npy tar)"] = folder_mb(peer_dir / "plain")
+                peers.append(("peer: plain webdataset (.npy tar)", "clip", *run(
+                    lambda: plain_wds_loader(urls, bc, nw, mean, std), a.batches, clip_bins)))
+                try:
+                    write_litdata(store, clips, peer_dir / "litdata")
+                except ImportError:
+                    print(f"litdata not installed: {PEER_EXTRA}")
+                else:
+                    disk["peer: litdata (optimize + StreamingDataset)"] = folder_mb(
+                        peer_dir / "litdata")
+                    peers.append(("peer: litdata (optimize + StreamingDataset)", "clip", *run(
+                        lambda: litdata_loader(peer_dir / "litdata", bc, nw, mean, std),
+                        a.batches, clip_bins)))
+            finally:
+                shutil.rmtree(peer_dir, ignore_errors=True)
+        rows += peers
         base_rate, base_mem = rows[0][2], rows[0][3]
         win_rate = rows[1][2]
         print(f"\nstore {store}: {frames_gb:.2f} GB of frames, window_len {info.window_len}, "
               f"clip_len {info.clip_len}, {nw} workers, batch {B} windows / {max(1, B // 8)} "
               "clips")
         print(f"{'loader':<56}{'mode':>7}{'bins/s':>10}{'x base':>8}{'peak MB':>10}"
-              f"{'x base':>8}")
+              f"{'x base':>8}{'disk MB':>9}")
         for name, mode, rate, mem in rows:
+            mb = disk.get(name.split(",")[0], float("nan"))
             print(f"{name:<56}{mode:>7}{rate:>10.0f}{rate / base_rate:>8.2f}{mem:>10.0f}"
-                  f"{mem / base_mem:>8.3f}")
+                  f"{mem / base_mem:>8.3f}{mb:>9.0f}")
         print(f"\nclip mode vs window mode (streaming): {rows[2][2] / win_rate:.1f}x predicted "
               "bins per second")
         print(f"streaming clip mode with / without the per-sample sha256 check: "
               f"{rows[2][2] / rows[3][2]:.2f}")
+        if peers:
+            best = max(p[2] for p in peers)
+            print(f"streaming clip mode / best peer: {rows[2][2] / best:.2f}")
+        else:
+            print(f"no peer measured ({PEER_EXTRA})")
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)

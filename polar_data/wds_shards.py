@@ -44,17 +44,29 @@ def _npy(a: np.ndarray) -> bytes:
     return numcodecs.Zstd(level=_ZSTD_LEVEL).encode(buf.getvalue())
 
 
+_NPY_HEADERS: dict[bytes, tuple] = {}  # header bytes -> (shape, fortran order, dtype)
+
+
 def _from_npy(b: bytes) -> np.ndarray:
-    """Inverse of :func:`_npy`, without copying the array out of the decompressed bytes."""
+    """Inverse of :func:`_npy`, without copying the array out of the decompressed bytes.
+    Parsed headers are remembered (numpy parses them with ``ast``; clips repeat a handful)."""
     raw = numcodecs.Zstd().decode(b)
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                   else np.lib.format.read_array_header_2_0)
-    shape, fortran, dtype = read_header(f)
-    if dtype.hasobject:
-        raise StoreError("a shard member holds Python objects (refused)")
-    a = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=f.tell())
+    header_len = (int.from_bytes(raw[8:10], "little") + 10 if raw[6] == 1
+                  else int.from_bytes(raw[8:12], "little") + 12)
+    key = bytes(raw[:header_len])
+    parsed = _NPY_HEADERS.get(key)
+    if parsed is None:
+        f = io.BytesIO(key)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        parsed = read_header(f)
+        if parsed[2].hasobject:
+            raise StoreError("a shard member holds Python objects (refused)")
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[key] = parsed
+    shape, fortran, dtype = parsed
+    a = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=header_len)
     return a.reshape(shape, order="F" if fortran else "C")
 
 
@@ -170,8 +182,9 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     per_session: dict[str, int] = {}
     digests: dict[str, str] = {}
     with open(part, "wb") as f:
-        # fixed mtime/user so a rebuilt shard is byte-identical
-        with wds.TarWriter(f, encoder=False, mtime=0.0, user="polar", group="polar") as tw:
+        # fixed mtime/user so a rebuilt shard is byte-identical; an integer mtime keeps
+        # members in plain ustar headers (a float one adds a pax header to every member)
+        with wds.TarWriter(f, encoder=False, mtime=0, user="polar", group="polar") as tw:
             for sess, start, n in rows:
                 g = root[names[sess]]
                 sample = encode_clip(g, int(sess), split, int(start), int(n), window_len)
