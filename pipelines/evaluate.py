@@ -52,10 +52,15 @@ def label(ckpt: Path, module: EncodingModule) -> str:
     return getattr(module.model_cfg, "name", ckpt.stem)
 
 
-def saccade_onsets(eyepos: np.ndarray, rate_hz: float, thresh: float = 100.0) -> np.ndarray:
-    v = np.zeros(len(eyepos))
-    v[1:] = np.linalg.norm(np.diff(eyepos, axis=0), axis=1) * rate_hz
-    fast = np.nan_to_num(v) > thresh
+def saccade_onsets(eyepos: np.ndarray, rate_hz: float, lam: float = 6.0) -> np.ndarray:
+    """Onset bins of (micro)saccades: backward-difference speed above ``lam`` x the
+    session's median-based velocity noise per component (Engbert & Kliegl), as the
+    behaviour models' adaptive gate does."""
+    v = np.zeros_like(eyepos, dtype=np.float64)
+    v[1:] = np.diff(eyepos, axis=0) * rate_hz
+    ok = np.isfinite(v).all(1)
+    sigma = np.sqrt(np.maximum(np.median(v[ok] ** 2, 0) - np.median(v[ok], 0) ** 2, 1e-6))
+    fast = np.nan_to_num(np.linalg.norm(v / sigma, axis=1)) > lam
     return np.flatnonzero(fast & ~np.roll(fast, 1))
 
 
