@@ -252,3 +252,17 @@ def test_training_learns_what_the_data_hold(tmp_path, small_demo_store):
           f"{np.mean(corr):.3f}")
     assert trained["bps"]["mean_unclamped"] > bias_only["bps"]["mean_unclamped"] + 0.02
     assert np.mean(corr) > 0.3
+
+
+def test_heads_train_at_their_own_learning_rate():
+    """head_lr_mult: readouts and saccade gains at lr x mult, everything else at lr; every
+    trainable parameter in exactly one group."""
+    cfg = load_model_config(ROOT / "configs/model/behavior.yaml")
+    mod = EncodingModule.create(cfg, _spec(), TrainConfig(lr=1e-3, head_lr_mult=30.0))
+    opt = mod.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
+    named = [(n, p) for n, p in mod.model.named_parameters() if p.requires_grad]
+    assert len(lr_of) == len(named) == sum(len(g["params"]) for g in opt.param_groups)
+    for n, p in named:
+        head = n.startswith(("readouts.", "saccade_gain."))
+        assert lr_of[id(p)] == pytest.approx(3e-2 if head else 1e-3), n
