@@ -70,3 +70,22 @@ def train_config(tmp_path, **kw):
             "val_every_steps": 1000, "log_every_steps": 1}
     p.write_text(yaml.safe_dump({**base, **kw}))
     return p
+
+
+@pytest.fixture
+def object_store():
+    """A local S3 server (moto) with a bucket ``lab``: yields (boto3 client, fsspec options)."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        s3.create_bucket(Bucket="lab")
+        yield s3, {"endpoint_url": endpoint, "key": "test", "secret": "test"}
+    finally:
+        server.stop()

@@ -182,29 +182,16 @@ def test_zarr_sampler_is_chunk_local_and_rank_balanced(info):
     assert counts[0] == counts[1] > 0
 
 
-def test_streaming_from_s3_object_store(tiny_store, info):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
-        s3.create_bucket(Bucket="lab")
-        for p in [tiny_store / "manifest.json", *sorted((tiny_store / "wds").glob("*.tar"))]:
-            s3.upload_file(str(p), "lab", f"store/{p.relative_to(tiny_store).as_posix()}")
-        opts = {"endpoint_url": endpoint, "key": "test", "secret": "test"}
-        remote = StoreInfo.load("s3://lab/store", opts)
-        assert remote.sessions == info.sessions
-        got = _order(ShardStream(remote, "train", "clip", batch_size=2, seed=1,
-                                 storage_options=opts), 1)
-        want = _order(ShardStream(info, "train", "clip", batch_size=2, seed=1), 1)
-        assert got == want
-    finally:
-        server.stop()
+def test_streaming_from_s3_object_store(tiny_store, info, object_store):
+    s3, opts = object_store
+    for p in [tiny_store / "manifest.json", *sorted((tiny_store / "wds").glob("*.tar"))]:
+        s3.upload_file(str(p), "lab", f"store/{p.relative_to(tiny_store).as_posix()}")
+    remote = StoreInfo.load("s3://lab/store", opts)
+    assert remote.sessions == info.sessions
+    got = _order(ShardStream(remote, "train", "clip", batch_size=2, seed=1,
+                             storage_options=opts), 1)
+    want = _order(ShardStream(info, "train", "clip", batch_size=2, seed=1), 1)
+    assert got == want
 
 
 def _copy(tiny_store, tmp_path):

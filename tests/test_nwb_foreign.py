@@ -162,26 +162,13 @@ def test_demo_files_pass_the_dandi_inspector(tmp_path):
     assert bad == [], [(m.check_function_name, m.message) for m in bad]
 
 
-def test_remote_nwb_streams_from_an_object_store(tmp_path):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
+def test_remote_nwb_streams_from_an_object_store(tmp_path, object_store):
+    s3, opts = object_store
     path, _ = _foreign(tmp_path / "lab.nwb", geometry=True)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
-        s3.create_bucket(Bucket="lab")
-        s3.upload_file(str(path), "lab", "raw/lab.nwb")
-        opts = {"endpoint_url": endpoint, "key": "test", "secret": "test"}
-        remote = read_nwb("s3://lab/raw/lab.nwb", NwbOptions(storage_options=opts))
-        local = read_nwb(path)
-        np.testing.assert_array_equal(remote.stim, local.stim)
-        np.testing.assert_array_equal(remote.robs, local.robs)
-        assert remote.provenance.source == "s3://lab/raw/lab.nwb"
-        assert remote.provenance.sha256 == local.provenance.sha256
-    finally:
-        server.stop()
+    s3.upload_file(str(path), "lab", "raw/lab.nwb")
+    remote = read_nwb("s3://lab/raw/lab.nwb", NwbOptions(storage_options=opts))
+    local = read_nwb(path)
+    np.testing.assert_array_equal(remote.stim, local.stim)
+    np.testing.assert_array_equal(remote.robs, local.robs)
+    assert remote.provenance.source == "s3://lab/raw/lab.nwb"
+    assert remote.provenance.sha256 == local.provenance.sha256
