@@ -65,6 +65,9 @@ def build_lock(out_dir: Path, stage: str, job_index: int = 0, num_jobs: int = 1)
     """Hold ``out_dir`` for ``stage`` (``all``, ``ingest``, ``shards``, ``finalize`` or
     ``verify``) of job ``job_index`` of ``num_jobs``; raises BuildLocked if it is taken."""
     out_dir = Path(out_dir)
+    if stage == "verify" and not os.access(out_dir, os.W_OK):
+        yield  # a missing or read-only store: nothing can be building into it here
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     what = f"--stage {stage} job {job_index}/{num_jobs}"
     shared = stage in ("ingest", "shards", "verify")
