@@ -103,17 +103,31 @@ def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
     return plan
 
 
-def encode_clip(g, session_index: int, split: str, start: int, n_targets: int,
+class GroupReader:
+    """One session group opened once: its arrays and the attributes clips need (opening a
+    group or an array reads its metadata from disk; a shard reads hundreds of clips)."""
+
+    def __init__(self, group):
+        attrs = dict(group.attrs)
+        self.name, self.clip_len = attrs["name"], int(attrs["clip_len"])
+        self.has_true_rate = bool(attrs.get("has_true_rate"))
+        names = ["stim", "eyepos", "t", "robs", "dfs"] + (["true_rate"] if self.has_true_rate
+                                                          else [])
+        self.arrays = {n: group[n] for n in names}
+
+    def __getitem__(self, name: str):
+        return self.arrays[name]
+
+
+def encode_clip(g: GroupReader, session_index: int, split: str, start: int, n_targets: int,
                 window_len: int) -> dict:
-    """Read one clip from session group ``g`` and encode it as a WebDataset sample dict."""
+    """Read one clip from session ``g`` and encode it as a WebDataset sample dict."""
     a, b = start - (window_len - 1), start + n_targets
     stim = g["stim"][a:b]
-    robs = g["robs"][start:b]
-    dfs = g["dfs"][start:b]
     meta = {
-        "session": g.attrs["name"], "session_index": int(session_index), "split": split,
+        "session": g.name, "session_index": int(session_index), "split": split,
         "start": int(start), "n_targets": int(n_targets), "window_len": int(window_len),
-        "clip_len": int(g.attrs["clip_len"]), "frame_hw": list(stim.shape[1:]),
+        "clip_len": g.clip_len, "frame_hw": list(stim.shape[1:]),
     }
     sample = {
         "__key__": f"{session_index:04d}_{start:09d}",
@@ -121,10 +135,10 @@ def encode_clip(g, session_index: int, split: str, start: int, n_targets: int,
         "stim.npy.zst": _npy(stim),
         "eyepos.npy.zst": _npy(g["eyepos"][a:b]),
         "t.npy.zst": _npy(g["t"][a:b]),
-        "robs.npy.zst": _npy(robs),
-        "dfs.npy.zst": _npy(dfs),
+        "robs.npy.zst": _npy(g["robs"][start:b]),
+        "dfs.npy.zst": _npy(g["dfs"][start:b]),
     }
-    if g.attrs.get("has_true_rate"):
+    if g.has_true_rate:
         sample["true_rate.npy.zst"] = _npy(g["true_rate"][start:b])
     return sample
 
@@ -181,13 +195,14 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     owned = 0
     per_session: dict[str, int] = {}
     digests: dict[str, str] = {}
+    groups = {int(i): GroupReader(root[names[int(i)]]) for i in np.unique(rows[:, 0])}
     with open(part, "wb") as f:
         # fixed mtime/user so a rebuilt shard is byte-identical; an integer mtime keeps
         # members in plain ustar headers (a float one adds a pax header to every member)
         with wds.TarWriter(f, encoder=False, mtime=0, user="polar", group="polar") as tw:
             for sess, start, n in rows:
-                g = root[names[sess]]
-                sample = encode_clip(g, int(sess), split, int(start), int(n), window_len)
+                sample = encode_clip(groups[int(sess)], int(sess), split, int(start), int(n),
+                                     window_len)
                 tw.write(sample)
                 digests[sample["__key__"]] = sample_digest(sample)
                 owned += int(n)
