@@ -173,23 +173,33 @@ class Session:
                 fail("true_rate", f"shape {self.true_rate.shape} does not match robs {(T, N)}")
             if not np.isfinite(self.true_rate).all() or (self.true_rate < 0).any():
                 fail("true_rate", "must be finite and non-negative")
-        if not np.isfinite(self.t).all():
-            fail("t", "contains NaN/inf")
-        steps = np.diff(self.t)
-        if (steps <= 0).any():
-            i = int(np.flatnonzero(steps <= 0)[0])
-            fail(
-                "t",
-                f"time is not strictly increasing at bin {i + 1} ({self.t[i]:.6f} s -> "
-                f"{self.t[i + 1]:.6f} s): time must be chronological, oldest first",
-            )
+        check_bin_grid(name, self.t, self.trial)
         bad = ~np.isfinite(self.eyepos).all(axis=1) & self.eye_valid
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             fail("eyepos", f"NaN/inf gaze at bin {i} where eye_valid is True ({bad.sum()} bins)")
-        _, starts, _ = self.trial_bounds()
-        ids = self.trial[starts]
-        if len(np.unique(ids)) != len(ids):
-            fail("trial", "a trial id appears in two separate runs of bins "
-                 "(trials must be contiguous)")
         return self
+
+
+def check_bin_grid(name: str, t: np.ndarray, trial: np.ndarray) -> None:
+    """The bin grid's rules, also run on a whole session before it is read chunk by chunk:
+    same lengths, finite and strictly increasing time (naming the first bad bin), contiguous
+    trials. Raises :class:`SessionError` naming session and key."""
+    if len(t) != len(trial):
+        raise SessionError(f"session {name!r}: t has {len(t)} bins, trial {len(trial)}")
+    if len(t) == 0:
+        raise SessionError(f"session {name!r}: stim: session is empty (0 bins)")
+    if not np.isfinite(t).all():
+        raise SessionError(f"session {name!r}: t: contains NaN/inf at bin "
+                           f"{int(np.flatnonzero(~np.isfinite(t))[0])}")
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0])
+        raise SessionError(
+            f"session {name!r}: t: time is not strictly increasing at bin {i + 1} "
+            f"({t[i]:.6f} s -> {t[i + 1]:.6f} s): time must be chronological, oldest first")
+    change = np.flatnonzero(np.diff(trial)) + 1
+    ids = trial[np.concatenate([[0], change])]
+    if len(np.unique(ids)) != len(ids):
+        raise SessionError(f"session {name!r}: trial: a trial id appears in two separate runs "
+                           "of bins (trials must be contiguous)")

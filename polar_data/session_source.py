@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .resample import resample, resample_firsts
-from .session import Provenance, Session, SessionError
+from .session import Provenance, Session, SessionError, check_bin_grid
 
 DEFAULT_CHUNK_BINS = 4096  # source bins per chunk (whole trials; a longer trial is one chunk)
 
@@ -53,29 +53,6 @@ class SessionSource:
     @property
     def n_bins(self) -> int:
         return len(self.t)
-
-
-def check_bin_grid(name: str, t: np.ndarray, trial: np.ndarray) -> None:
-    """The checks that span chunks: lengths, finite and strictly increasing time (naming
-    the first bad bin), contiguous trials."""
-    if len(t) != len(trial):
-        raise SessionError(f"session {name!r}: t has {len(t)} bins, trial {len(trial)}")
-    if len(t) == 0:
-        raise SessionError(f"session {name!r}: stim: session is empty (0 bins)")
-    if not np.isfinite(t).all():
-        raise SessionError(f"session {name!r}: t: contains NaN/inf at bin "
-                           f"{int(np.flatnonzero(~np.isfinite(t))[0])}")
-    steps = np.diff(t)
-    if (steps <= 0).any():
-        i = int(np.flatnonzero(steps <= 0)[0])
-        raise SessionError(
-            f"session {name!r}: t: time is not strictly increasing at bin {i + 1} "
-            f"({t[i]:.6f} s -> {t[i + 1]:.6f} s): time must be chronological, oldest first")
-    change = np.flatnonzero(np.diff(trial)) + 1
-    ids = trial[np.concatenate([[0], change])]
-    if len(np.unique(ids)) != len(ids):
-        raise SessionError(f"session {name!r}: trial: a trial id appears in two separate runs "
-                           "of bins (trials must be contiguous)")
 
 
 def chunk_bounds(trial: np.ndarray, max_bins: int) -> list[tuple[int, int]]:
