@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train import main as train_main  # noqa: E402
+from train import main as train_main
 
 
 def final_val(run: Path) -> dict | None:

@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_experiment import curve  # noqa: E402
-from train import main as train_main  # noqa: E402
+from bench_experiment import curve
+from train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKS = (5.0, 10.0, 30.0)

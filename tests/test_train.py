@@ -35,6 +35,7 @@ def _val_nll(module, data_cfg) -> float:
     return trainer.validate(module, datamodule=dm, verbose=False)[0]["val/nll"]
 
 
+@pytest.mark.slow  # minutes of training; test_quality has the fast learning checks
 def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
     from polar_model.lit_module import EncodingModule
 
@@ -54,6 +55,7 @@ class _Preempted(Exception):
     """Stands in for a cluster job killed mid-epoch."""
 
 
+@pytest.mark.slow  # the quick exact-resume check is tests/test_preemption.py
 def test_resume_mid_epoch_reproduces_the_rest_of_the_run(tmp_path, small_demo_store,
                                                          monkeypatch):
     """Kill a run in the middle of its first epoch, just after the validation that saved
