@@ -7,7 +7,9 @@
 Report (``--out``, default ``reports/latest``):
     summary.md / summary.json   per checkpoint and split: mean BPS (unclamped, clamped),
                                 the oracle's (demo stores) and the fraction of it; per session
-    units.csv                   BPS of every unit, every checkpoint, val and test
+    units.csv                   BPS of every unit (session, recording unit id), every
+                                checkpoint, val and test
+Every plot is written as PNG and PDF.
     bps_scatter.png             per-unit val BPS of each model against the baseline's
     saccade_traces.png          observed vs predicted rates around saccades
     saccade_triggered.png       saccade-triggered average response, observed vs predicted
@@ -41,6 +43,26 @@ from polar_model.lit_module import EncodingModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("val", "test")
+plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 9,
+                     "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def save(fig, out: Path, stem: str) -> None:
+    """PNG for reading, PDF (vector) for talks and papers."""
+    fig.savefig(out / f"{stem}.png", dpi=150)
+    fig.savefig(out / f"{stem}.pdf")
+    plt.close(fig)
+
+
+def unit_labels(preds, info: StoreInfo) -> tuple[list[str], list[int]]:
+    """(session, recording unit id) of every unit, in the order ``score`` concatenates."""
+    sessions, ids = [], []
+    for p in preds:
+        uids = info.unit_ids[info.sessions.index(p.name)]
+        sessions += [p.name] * len(uids)
+        ids += [int(u) for u in uids]
+    return sessions, ids
 
 
 def load(ckpt: Path) -> EncodingModule:
@@ -75,13 +97,11 @@ def plot_scatter(results: dict, base: str, out: Path) -> None:
         ax.scatter(b, m, s=8, alpha=0.7)
         lo, hi = np.nanmin([b, m]), np.nanmax([b, m])
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"{base} BPS")
-        ax.set_ylabel(f"{name} BPS")
+        ax.set_xlabel(f"{base} (bits/spike)")
+        ax.set_ylabel(f"{name} (bits/spike)")
         ax.set_title(name)
     fig.suptitle("per-unit validation bits per spike")
-    fig.tight_layout()
-    fig.savefig(out / "bps_scatter.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "bps_scatter")
 
 
 def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
@@ -110,9 +130,7 @@ def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
     ax.set_ylabel("population mean rate (spikes/s)")
     ax.set_title(f"saccade-triggered average, {sp.name}, validation")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "saccade_triggered.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "saccade_triggered")
     # traces: the validation stretch with most saccades, three best-predicted units
     if not ok:
         return
@@ -129,12 +147,11 @@ def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
             ax.plot(tt, p[s].rate[a:b, u] * info.rate_hz, label=name, lw=1)
         for x in on[(on >= a) & (on < b)]:
             ax.axvline(x / info.rate_hz, color="grey", lw=0.6, ls="--")
-        ax.set_ylabel(f"unit {u}\nspikes/s")
+        uid = info.unit_ids[info.sessions.index(sp.name)][u]
+        ax.set_ylabel(f"{sp.name} unit {uid}\n(spikes/s)")
     np.atleast_1d(axes)[0].legend(fontsize=7, ncol=3)
     np.atleast_1d(axes)[-1].set_xlabel("time (s); dashed: saccade onsets")
-    fig.tight_layout()
-    fig.savefig(out / "saccade_traces.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "saccade_traces")
 
 
 def plot_filters(modules: dict, out: Path) -> None:
@@ -153,9 +170,7 @@ def plot_filters(modules: dict, out: Path) -> None:
             axes[lvl, j].axis("off")
         axes[lvl, 0].set_title(f"level {lvl}", fontsize=7, loc="left")
     fig.suptitle(f"{name}: even filters per level (odd = their quadrature partners)")
-    fig.tight_layout()
-    fig.savefig(out / "filters.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "filters")
 
 
 def plot_saccade_gain(modules: dict, info: StoreInfo, out: Path) -> None:
@@ -180,26 +195,26 @@ def plot_saccade_gain(modules: dict, info: StoreInfo, out: Path) -> None:
         ax.set_ylabel("rate gain")
         ax.set_title(f"{name}: saccade-locked gain", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "saccade_gain.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "saccade_gain")
 
 
 def plot_readouts(modules: dict, out: Path) -> None:
-    fig, axes = plt.subplots(1, len(modules), figsize=(3 * len(modules), 3), squeeze=False)
+    """Readout centres in degrees from the crop centre (x right, y up)."""
+    fig, axes = plt.subplots(1, len(modules), figsize=(3 * len(modules), 3.2), squeeze=False)
     for ax, (name, m) in zip(axes[0], modules.items()):
+        half = np.array(m.spec.frame_hw[::-1]) / 2 / m.spec.ppd  # degrees to the crop edge
         for s, r in enumerate(m.model.readouts):
-            mu = r.mu.detach().numpy()
+            mu = r.mu.detach().numpy() * half
             ax.scatter(mu[:, 0], -mu[:, 1], s=8, label=m.spec.session_names[s])
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(-1, 1)
+        ax.set_xlim(-half[0], half[0])
+        ax.set_ylim(-half[1], half[1])
         ax.set_aspect("equal")
+        ax.set_xlabel("x (deg)")
+        ax.set_ylabel("y (deg)")
         ax.set_title(name)
-    axes[0, 0].legend(fontsize=6)
-    fig.suptitle("readout Gaussian centres (crop coordinates, up = up)")
-    fig.tight_layout()
-    fig.savefig(out / "readout_positions.png", dpi=110)
-    plt.close(fig)
+    axes[0, 0].legend()
+    fig.suptitle("readout Gaussian centres")
+    save(fig, out, "readout_positions")
 
 
 def plot_curves(ckpts: dict, out: Path) -> None:
@@ -215,14 +230,12 @@ def plot_curves(ckpts: dict, out: Path) -> None:
             a1.plot(*zip(*tr), label=name, lw=0.8)
         if va:
             a2.plot(*zip(*va), "o-", label=name)
-    a1.set_xlabel("step")
-    a1.set_ylabel("train loss")
-    a2.set_xlabel("step")
-    a2.set_ylabel("val bits/spike")
+    a1.set_xlabel("optimizer step")
+    a1.set_ylabel("train loss (Poisson NLL per bin)")
+    a2.set_xlabel("optimizer step")
+    a2.set_ylabel("validation (bits/spike)")
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
-    plt.close(fig)
+    save(fig, out, "training_curves")
 
 
 def write_summary(results: dict, out: Path) -> str:
@@ -240,12 +253,13 @@ def write_summary(results: dict, out: Path) -> str:
     (out / "summary.json").write_text(json.dumps(results, indent=1))
     with open(out / "units.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "split", "unit_index", "bps", "oracle_bps"])
+        w.writerow(["model", "split", "session", "unit_id", "bps", "oracle_bps"])
         for name, r in results.items():
             for split in SPLITS:
                 orc = r[split].get("oracle_units", [None] * len(r[split]["units"]))
-                for i, (b, o) in enumerate(zip(r[split]["units"], orc)):
-                    w.writerow([name, split, i, b, o])
+                for sess, uid, b, o in zip(r[split]["unit_session"], r[split]["unit_ids"],
+                                           r[split]["units"], orc):
+                    w.writerow([name, split, sess, uid, b, o])
     return table
 
 
@@ -276,6 +290,8 @@ def main(argv=None) -> int:
                 lambda b, m=m: m.model(b["stim"], b["behavior"], int(b["session"][0])).log_rate,
                 info, split, a.batch_size, progress=True)
             results[name][split] = score(pr)
+            sessions, ids = unit_labels(pr, info)
+            results[name][split].update(unit_session=sessions, unit_ids=ids)
             if split == "val":
                 preds[name] = pr
     base = next((k for k, m in modules.items() if m.model_cfg.kind == "resnet_convgru"),

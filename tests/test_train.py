@@ -178,10 +178,18 @@ def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store)
     for f in ("summary.md", "summary.json", "units.csv", "saccade_triggered.png",
               "filters.png", "readout_positions.png", "training_curves.png"):
         assert (out / f).is_file(), f
+        if f.endswith(".png"):
+            assert (out / f).with_suffix(".pdf").is_file(), f  # a vector copy of every plot
     import json
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["static"]["val"]["oracle"]["mean_unclamped"] > 0
+    info = StoreInfo.load(str(small_demo_store))
+    want = [(s, u) for s, ids in zip(info.sessions, info.unit_ids) for u in ids]
+    val = summary["static"]["val"]
+    assert list(zip(val["unit_session"], val["unit_ids"])) == want  # recording ids, not 0..N
+    rows = list(csv.DictReader((out / "units.csv").open()))
+    assert [(r["session"], int(r["unit_id"])) for r in rows if r["split"] == "val"] == want
     assert "| static | test |" in (out / "summary.md").read_text()
     assert not (out / "saccade_gain.png").exists()  # static models have no saccade gain
 
