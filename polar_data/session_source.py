@@ -97,12 +97,12 @@ def session_chunks(source: SessionSource, factor: int = 1,
     if factor > 1:
         resampled_trials(source, factor)  # refuses a session with nothing left
     for a, b in chunk_bounds(source.trial, max_bins):
-        chunk = source.read(a, b)
+        chunk = source.read(a, b)  # validated by the reader
         if factor > 1:
             if resample_firsts(chunk.trial, factor).size == 0:
                 continue  # every trial of this chunk is shorter than the factor
-            chunk = resample(chunk, factor)
-        yield chunk.validate()
+            chunk = resample(chunk, factor).validate()
+        yield chunk
 
 
 def concat(chunks: list[Session]) -> Session:
