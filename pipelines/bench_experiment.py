@@ -18,29 +18,16 @@ trainer's validation pass after the last step (every val target once).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
-from train import main as train_main
 
-
-def final_val(run: Path) -> dict | None:
-    """The last logged validation metrics of a run, or None if it has none."""
-    rows = curve(run)
-    return rows[-1] if rows else None
-
-
-def curve(run: Path) -> list[dict]:
-    """Every logged validation row of a run (step, minutes, val/bps, fraction of oracle)."""
-    log = run / "logs" / "metrics.csv"
-    if not log.is_file():
-        return []
-    return [r for r in csv.DictReader(log.open()) if r.get("val/bps")]
-
+from polar_model.training.runs import final_validation as final_val
+from polar_model.training.runs import validation_curve as curve
+from polar_model.training.trainer import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa"]

@@ -28,8 +28,8 @@ CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_
 def one(name: str, steps: int, batch: int, window: int) -> dict:
     import torch
 
-    from polar_model.build import build_model
     from polar_model.config import load_model_config
+    from polar_model.factory import build_model
     from polar_model.losses import masked_poisson_nll
     from polar_model.spec import DataSpec
 

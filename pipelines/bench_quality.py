@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import yaml
-from bench_experiment import curve
-from train import main as train_main
+
+from polar_model.training.runs import validation_curve as curve
+from polar_model.training.trainer import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKS = (5.0, 10.0, 30.0)

@@ -32,10 +32,10 @@ from polar_data.build import (
     write_shards,
 )
 from polar_data.build_lock import BuildLocked, build_lock
-from polar_data.config import ConfigError
 from polar_data.data_config import load_data_config
 from polar_data.manifest import verify
 from polar_data.schema import SPLITS
+from polar_data.typed_yaml import ConfigError
 
 
 def parse_args(argv=None):
@@ -130,8 +130,8 @@ def build(a, cfg, out: Path, progress: bool) -> int:
     """The build stages, run while this process holds the output folder's lock."""
     need = None
     if a.model_config is not None:  # the window rule lives on the model side
-        from polar_model.build import required_window_len
         from polar_model.config import load_model_config
+        from polar_model.factory import required_window_len
 
         need = required_window_len(load_model_config(a.model_config))
     window_len = resolve_window_len(cfg, need, str(a.model_config))

@@ -41,12 +41,12 @@ import zarr
 from tqdm.auto import tqdm
 
 from .checksum import sha256_bytes, sha256_file
-from .config import to_dict
 from .data_config import DEFAULT_WINDOW_LEN, DataConfig
 from .manifest import MANIFEST, file_table, seal, write_json_atomic
 from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
 from .session_source import chunk_bounds
+from .typed_yaml import to_dict
 from .zarr_store import stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
 from .demo.generate import DemoConfig
 from .readers.nwb import NwbOptions
 from .schema import SPLITS
+from .typed_yaml import load_config
 
 DEFAULT_WINDOW_LEN = 16
 

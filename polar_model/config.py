@@ -13,7 +13,7 @@ from typing import Literal
 
 import yaml
 
-from polar_data.config import ConfigError, from_dict
+from polar_data.typed_yaml import ConfigError, convert
 
 
 @dataclass
@@ -93,18 +93,14 @@ class BaselineConfig:
             raise ValueError("use_jepa: the baseline has no JEPA")
 
 
-ModelConfig = PolarConfig | BaselineConfig
-KINDS = {"polar": PolarConfig, "resnet_convgru": BaselineConfig}
+ModelConfig = PolarConfig | BaselineConfig  # a tagged union: ``kind`` picks the class
 
 
 def config_from_dict(data: dict, where: str = "") -> ModelConfig:
-    """Dispatch on ``kind`` and build the config (ConfigError names a bad key)."""
-    kind = data.get("kind", "polar")
-    if kind not in KINDS:
-        raise ConfigError(f"{where + ': ' if where else ''}kind: must be one of "
-                          f"{sorted(KINDS)}, got {kind!r}")
+    """Dispatch on ``kind`` (default ``polar``) and build the config (ConfigError names a bad
+    key; ``where``, e.g. the file, starts the message)."""
     try:
-        return from_dict(KINDS[kind], data)
+        return convert(data, ModelConfig)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 

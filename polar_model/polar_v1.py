@@ -9,11 +9,11 @@ from torch import nn
 from .base import EncodingModel, ModelOutput
 from .config import PolarConfig
 from .dynamics import PolarDynamics
-from .filters import QuadratureFilterBank
 from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
 from .jepa import JEPA
 from .polar import polar_decompose
 from .pyramid import LaplacianPyramid
+from .quadrature import QuadratureFilterBank
 from .readout import MultiLevelGaussianReadout
 from .spec import DataSpec
 from .summary import TemporalSummarizer, static_features

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from polar_data.config import ConfigError, from_dict, load_config
+from polar_data.typed_yaml import ConfigError, from_dict, load_config
 
 
 @dataclass

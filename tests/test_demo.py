@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_sessions_equal
 
-from polar_data.demo.gaze import (
+from polar_data.demo.eye_movements import (
     DOCUMENTED_RANGES,
     GazeParams,
     detect_saccades,

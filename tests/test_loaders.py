@@ -249,7 +249,7 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
     assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.float32
     assert batch["behavior"].shape[1:] == (W, 2)
     cfg_path.write_text("loader:\n  kind: tar\n")
-    from polar_data.config import ConfigError
+    from polar_data.typed_yaml import ConfigError
 
     with pytest.raises(ConfigError, match="kind"):
         load_data_config(cfg_path)

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from polar_data.config import ConfigError
 from polar_data.demo.population import saccade_gain_curve
-from polar_model.build import build_model, required_window_len
+from polar_data.typed_yaml import ConfigError
 from polar_model.config import config_from_dict, load_model_config
 from polar_model.dynamics import PolarDynamics
-from polar_model.filters import QuadratureFilterBank
+from polar_model.factory import build_model, required_window_len
 from polar_model.gaze import GazeEncoder, SaccadeGain
-from polar_model.lit_module import BPSAccumulator
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import bits_per_spike, oracle_bps, summarize_bps
 from polar_model.polar import polar_decompose
+from polar_model.quadrature import QuadratureFilterBank
 from polar_model.spec import DataSpec
+from polar_model.training.lit_module import BPSAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
@@ -186,7 +186,8 @@ def test_jepa_loss_bounded_reaches_gradient_and_teacher_moves_only_on_update():
 def test_jepa_guard_names_both_numbers():
     cfg = load_model_config(ROOT / "configs/model/full.yaml")
     assert required_window_len(cfg) == 12
-    with pytest.raises(ValueError, match=r"window_len = 10 .*jepa_delta \+ min_context = 12"):
+    with pytest.raises(ValueError, match=r"window_len = 10, but 'full' needs window_len >= 12 "
+                                         r"\(jepa_delta \+ min_context\)"):
         build_model(cfg, spec(window=10))
 
 

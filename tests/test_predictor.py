@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import data_config, train_config
-from helpers import load_pipeline
 
 import polar_model
 from polar_data.readers import read_session
@@ -21,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory, tiny_store):
     tmp = tmp_path_factory.mktemp("pred")
     run = tmp / "run"
-    train = load_pipeline("train")
+    from polar_model.training import trainer as train
+
     assert train.main(["--data", str(data_config(tmp, tiny_store)),
                        "--model", str(ROOT / "configs/model/behavior.yaml"),
                        "--train", str(train_config(tmp, max_steps=3)), "--out", str(run),

@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 from conftest import data_config, train_config
-from helpers import load_pipeline
+
+from polar_model.training import trainer as train
 
 ROOT = Path(__file__).resolve().parents[1]
-train = load_pipeline("train")
 
 
 class _SignalAt(L.Callback):

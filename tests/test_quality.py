@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from polar_data.store_info import StoreInfo
-from polar_model.build import build_model
 from polar_model.config import load_model_config
-from polar_model.evaluation import predict_split, score
-from polar_model.lit_module import EncodingModule, TrainConfig
+from polar_model.factory import build_model
 from polar_model.losses import masked_poisson_nll
 from polar_model.readout import MultiLevelGaussianReadout, apply_link, log_softplus
 from polar_model.spec import DataSpec
+from polar_model.training.evaluation import predict_split, score
+from polar_model.training.lit_module import EncodingModule
+from polar_model.training.run_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = 1  # split code in the store
@@ -211,7 +212,8 @@ def test_jepa_share_of_the_shared_gradient_is_bounded(ratio):
 def _train_small(tmp_path, store, model="behavior", epochs=4, **model_over):
     import yaml
     from conftest import data_config, train_config
-    from helpers import load_pipeline
+
+    from polar_model.training.trainer import main as train_main
 
     cfg = yaml.safe_load((ROOT / f"configs/model/{model}.yaml").read_text())
     cfg.update(model_over)
@@ -220,7 +222,7 @@ def _train_small(tmp_path, store, model="behavior", epochs=4, **model_over):
     run = tmp_path / "run"
     data = data_config(tmp_path, store, batch_size=8)
     tc = train_config(tmp_path, max_epochs=epochs, lr=1e-2, warmup_steps=5)
-    assert load_pipeline("train").main(["--data", str(data), "--model", str(m), "--train",
+    assert train_main(["--data", str(data), "--model", str(m), "--train",
                                         str(tc), "--out", str(run), "--no-progress"]) == 0
     mod = EncodingModule.load_from_checkpoint(str(run / "checkpoints/last.ckpt"),
                                               map_location="cpu").eval()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from polar_data.demo.gaze import GazeParams, simulate_gaze
+from polar_data.demo.eye_movements import GazeParams, simulate_gaze
 from polar_model.gaze import GazeEncoder
 
 RATE = 120.0

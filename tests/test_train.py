@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import data_config, train_config
-from helpers import load_pipeline
 
 from polar_data.store_info import StoreInfo
-from polar_model.evaluation import predict_split, score
+from polar_model.training import report as evaluate
+from polar_model.training import trainer as train
+from polar_model.training.evaluation import predict_split, score
 
 ROOT = Path(__file__).resolve().parents[1]
-train = load_pipeline("train")
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -37,7 +37,7 @@ def _val_nll(module, data_cfg) -> float:
 
 @pytest.mark.slow  # minutes of training; test_quality has the fast learning checks
 def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
-    from polar_model.lit_module import EncodingModule
+    from polar_model.training.lit_module import EncodingModule
 
     data = data_config(tmp_path, small_demo_store)
     run = tmp_path / "run"
@@ -148,8 +148,9 @@ def test_ddp_two_cpu_processes_on_uneven_shards_finish(tmp_path, small_demo_stor
 
 
 def test_non_finite_loss_fails_loudly_naming_the_session(small_demo_store):
-    from polar_model.lit_module import EncodingModule, TrainConfig
     from polar_model.spec import DataSpec
+    from polar_model.training.lit_module import EncodingModule
+    from polar_model.training.run_config import TrainConfig
 
     info = StoreInfo.load(str(small_demo_store))
     spec = DataSpec(info.window_len, info.rate_hz, info.frame_hw, info.ppd, info.n_units,
@@ -173,7 +174,6 @@ def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store)
                        "--train", str(train_config(tmp_path, max_steps=4, val_every_steps=2,
                                                    ema_decay=0.9)),
                        "--out", str(run), "--no-progress"]) == 0
-    evaluate = load_pipeline("evaluate")
     out = tmp_path / "report"
     ckpt = run / "checkpoints" / "last.ckpt"
     assert evaluate.main([str(ckpt), "--data", str(data), "--out", str(out)]) == 0
@@ -199,15 +199,14 @@ def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store)
 def test_saccade_gain_plot_for_behaviour_models(tmp_path):
     from types import SimpleNamespace
 
-    from polar_model.build import build_model
     from polar_model.config import load_model_config
+    from polar_model.factory import build_model
     from polar_model.spec import DataSpec
 
     spec = DataSpec(window_len=16, rate_hz=120.0, frame_hw=(27, 27), ppd=7.0, n_units=(4, 5),
                     mean_rates=((0.05,) * 4, (0.05,) * 5), session_names=("a", "b"))
     model = build_model(load_model_config(ROOT / "configs/model/behavior.yaml"), spec)
     assert [sg.kernel.shape for sg in model.saccade_gain] == [(4, 30), (5, 30)]  # 250 ms
-    evaluate = load_pipeline("evaluate")
     evaluate.plot_saccade_gain({"behavior": SimpleNamespace(model=model)},
                                SimpleNamespace(rate_hz=120.0, has_true_rate=True), tmp_path)
     assert (tmp_path / "saccade_gain.png").stat().st_size > 10_000

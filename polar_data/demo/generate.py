@@ -26,7 +26,7 @@ from ..readers.dset import mask_to_intervals, write_dset
 from ..readers.nwb import write_nwb
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session
-from .gaze import GazeParams, simulate_gaze
+from .eye_movements import GazeParams, simulate_gaze
 from .population import PopulationParams, V1Population, sample_spikes
 
 IMAGE_NAMES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon",

@@ -1,8 +1,9 @@
 """A trained model anyone can use: ``polar_model.load(ckpt).predict(stim, eyepos, session)``.
 
-The checkpoint carries everything prediction needs (``pipelines/train.py`` writes it under
-``checkpoint["data_facts"]``): the store's pixel statistics, bin rate, window length, session
-names and each session's recording unit ids, so no store or loader is needed.
+The checkpoint carries everything prediction needs (the trainer writes it under
+``checkpoint["data_facts"]``, see :func:`.data_glue.data_facts`): the store's pixel
+statistics, bin rate, window length, session names and each session's recording unit ids, so
+no store or loader is needed.
 """
 
 from __future__ import annotations
@@ -85,17 +86,8 @@ class Predictor:
         return out
 
 
-def data_facts(info) -> dict:
-    """The checkpoint entry :class:`Predictor` needs, from a store's ``StoreInfo``."""
-    return {"sessions": list(info.sessions), "rate_hz": info.rate_hz,
-            "window_len": info.window_len, "pixel_mean": info.pixel_mean,
-            "pixel_std": info.pixel_std, "frame_hw": list(info.frame_hw),
-            "unit_ids": {n: [int(u) for u in ids] for n, ids in zip(info.sessions,
-                                                                   info.unit_ids)}}
-
-
 class SaveDataFacts(L.Callback):
-    """Writes ``facts`` (see :func:`data_facts`) into every checkpoint."""
+    """Writes ``facts`` (see :func:`.data_glue.data_facts`) into every checkpoint."""
 
     def __init__(self, facts: dict):
         self.facts = facts

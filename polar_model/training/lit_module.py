@@ -9,41 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
 
-from .build import build_model
-from .config import config_from_dict
-from .losses import masked_poisson_nll
-from .spec import DataSpec
+from polar_data.typed_yaml import to_dict
 
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings (``configs/train/*.yaml``); steps are optimizer steps."""
-
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 50
-    max_steps: int = 600
-    max_epochs: int = 1000         # the step budget usually ends training first
-    grad_clip: float = 1.0
-    ema_decay: float | None = None  # EMA of weights for evaluation (None: off)
-    seed: int = 0
-    val_every_steps: int = 100
-    log_every_steps: int = 10
-    precision: str = "32-true"
-    head_lr_mult: float = 1.0      # lr multiplier of the per-unit heads (readouts and
-                                   # saccade-locked gains)
-
-    def __post_init__(self):
-        if self.lr <= 0 or self.max_steps < 1 or self.warmup_steps < 0:
-            raise ValueError("lr must be > 0, max_steps >= 1, warmup_steps >= 0")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError("ema_decay must be in (0, 1)")
+from ..config import config_from_dict
+from ..factory import build_model
+from ..losses import masked_poisson_nll
+from ..spec import DataSpec
+from .run_config import TrainConfig
 
 
 class BPSAccumulator:
@@ -92,9 +69,12 @@ class EncodingModule(L.LightningModule):
         model_cfg: the model YAML as a dict (stored in the checkpoint's hyperparameters).
         spec: DataSpec fields as a dict (from the DataModule / store).
         train_cfg: TrainConfig fields as a dict.
+        run_config: the run's whole config tree as a dict (``RunConfig``; saved with the
+            checkpoint, see :func:`.run_config.run_config_from_hparams`), or None.
     """
 
-    def __init__(self, model_cfg: dict, spec: dict, train_cfg: dict):
+    def __init__(self, model_cfg: dict, spec: dict, train_cfg: dict,
+                 run_config: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = config_from_dict(model_cfg)
@@ -107,10 +87,11 @@ class EncodingModule(L.LightningModule):
         self._val = None
 
     @classmethod
-    def create(cls, model_cfg, spec: DataSpec, train_cfg: TrainConfig) -> EncodingModule:
-        from polar_data.config import to_dict
-
-        return cls(to_dict(model_cfg), to_dict(asdict(spec)), to_dict(asdict(train_cfg)))
+    def create(cls, model_cfg, spec: DataSpec, train_cfg: TrainConfig,
+               run_config=None) -> EncodingModule:
+        """From typed configs; ``run_config``: the run's whole tree (saved with it)."""
+        return cls(to_dict(model_cfg), to_dict(asdict(spec)), to_dict(asdict(train_cfg)),
+                   None if run_config is None else to_dict(run_config))
 
     def forward(self, batch: dict):
         return self.model(batch["stim"], batch["behavior"], int(batch["session"][0]))

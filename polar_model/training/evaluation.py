@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
 
-from .metrics import bits_per_spike, summarize_bps
+from ..metrics import bits_per_spike, summarize_bps
 
 
 @dataclass

@@ -1,0 +1,20 @@
+"""The training layer: everything that knows both the data (``polar_data``) and the models
+(the rest of ``polar_model``).
+
+* :mod:`.run_config` - the one typed config tree of a run (data, loader, model, train) and
+  its loader with dotted command-line overrides;
+* :mod:`.data_glue` - store facts -> :class:`polar_model.spec.DataSpec`, the window check,
+  the data facts a checkpoint carries;
+* :mod:`.lit_module` - the Lightning module (loss, BPS logging, optimiser);
+* :mod:`.trainer` - the Lightning trainer and ``pipelines/train.py``'s ``main``;
+* :mod:`.preemption` - ``last.ckpt`` on signals; :mod:`.predictor` - ``polar_model.load``;
+* :mod:`.evaluation` / :mod:`.report` - split predictions, scores and the report folder
+  (``pipelines/evaluate.py``); :mod:`.runs` - reading a run folder's logged curves.
+
+Nothing outside this package in ``polar_model`` imports ``polar_data`` (except the generic
+YAML -> dataclass loader :mod:`polar_data.typed_yaml`; ``tests/test_layers.py``).
+"""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: default configs/ and runs/

@@ -1,0 +1,155 @@
+"""The one typed config tree of a training run, and its one loader.
+
+A run's config is one tree (:class:`RunConfig`)::
+
+    sessions, demo, store, nwb, loader   the data config (configs/data/*.yaml, DataConfig)
+    model                                PolarConfig | BaselineConfig, picked by ``kind:``
+                                         (configs/model/*.yaml)
+    train                                TrainConfig (configs/train/*.yaml)
+
+:func:`load_run_config` builds it, lowest precedence first, from the dataclasses' defaults, a
+whole run config (``config``: e.g. a run folder's ``config.yaml``), the data, model and train
+files (each replaces the sections it gives), then dotted command-line overrides
+(``--model.n_pairs 12 --train.lr 3e-3 --loader.batch_size 16 --store.window_len 20``). Every
+file is checked against its own dataclass first, so an error names the file and the key in it
+(``configs/model/x.yaml: n_pairs: expected an integer, got 'a'``); an override's error names
+its flag (``command line: --train.lr: expected a number, got 'fast'``); an error that only the
+whole tree shows (a check across keys) names the files and flags that made that section.
+
+The trainer saves the tree whole into ``<run>/config.yaml`` and into every checkpoint
+(hyperparameter ``run_config``); ``--config <run>/config.yaml`` loads it back unchanged.
+
+Why not jsonargparse: it reads dataclasses and gives dotted overrides, but it treats a union of
+dataclasses as subclass types (``class_path`` / ``init_args``), so our model YAMLs (``kind:``)
+would not load as they are, ``--model FILE`` is refused for the union, and its errors do not
+name the file. This module is a thin layer on the typed loader :mod:`polar_data.typed_yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from polar_data.data_config import DataConfig
+from polar_data.typed_yaml import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    to_dict,
+    to_yaml,
+)
+
+from ..config import ModelConfig, PolarConfig, config_from_dict
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (``configs/train/*.yaml``); steps are optimizer steps."""
+
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    max_steps: int = 600
+    max_epochs: int = 1000         # the step budget usually ends training first
+    grad_clip: float = 1.0
+    ema_decay: float | None = None  # EMA of weights for evaluation (None: off)
+    seed: int = 0
+    val_every_steps: int = 100
+    log_every_steps: int = 10
+    precision: str = "32-true"
+    head_lr_mult: float = 1.0      # lr multiplier of the per-unit heads (readouts and
+                                   # saccade-locked gains)
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.max_steps < 1 or self.warmup_steps < 0:
+            raise ValueError("lr must be > 0, max_steps >= 1, warmup_steps >= 0")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError("ema_decay must be in (0, 1)")
+
+
+@dataclass
+class RunConfig(DataConfig):
+    """Everything a training run is configured by: the data config's sections (so a
+    ``RunConfig`` is a :class:`DataConfig` for the DataModule) plus ``model`` and ``train``."""
+
+    model: ModelConfig = field(default_factory=PolarConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+DATA_SECTIONS = ("sessions", "demo", "store", "nwb", "loader")
+SECTIONS = (*DATA_SECTIONS, "model", "train")
+
+
+def _read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_run_config(config: str | Path | None = None, data: str | Path | None = None,
+                    model: str | Path | None = None, train: str | Path | None = None,
+                    overrides=()) -> RunConfig:
+    """The run's config tree (see the module docstring for precedence and errors).
+
+    ``overrides``: ``[(dotted key, text), ...]`` as :func:`polar_data.typed_yaml.split_overrides`
+    returns them, e.g. ``[("model.n_pairs", "12")]``.
+    """
+    tree: dict = {}
+    origin: dict[str, list[str]] = {}  # section -> where its values came from
+
+    def take(section_data: dict, where: str) -> None:
+        for k, v in section_data.items():
+            tree[k] = v
+            origin[k] = [where]
+
+    if config is not None:
+        d = _read_yaml(config)
+        load_config(config, RunConfig)  # errors name this file and the dotted key
+        take(d, str(config))
+    if data is not None:
+        d = _read_yaml(data)
+        load_config(data, DataConfig)
+        take(d, str(data))
+    if model is not None:
+        d = _read_yaml(model)
+        config_from_dict(d, str(model))
+        take({"model": d}, str(model))
+    if train is not None:
+        d = _read_yaml(train)
+        load_config(train, TrainConfig)
+        take({"train": d}, str(train))
+    tree = apply_overrides(RunConfig, tree, overrides)
+    for key, _ in overrides:
+        origin.setdefault(key.split(".", 1)[0], []).append(f"--{key}")
+    try:
+        return from_dict(RunConfig, tree)
+    except ConfigError as e:  # a check across keys, e.g. a __post_init__ after overrides
+        msg = str(e)
+        section = msg.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
+        where = origin.get(section) or ["defaults"]
+        raise ConfigError(f"{' + '.join(where)}: {msg}") from None
+
+
+def run_config_from_hparams(hparams: dict) -> RunConfig | None:
+    """The tree saved in a checkpoint's hyperparameters (None for checkpoints made before
+    it was saved)."""
+    tree = hparams.get("run_config")
+    return None if tree is None else from_dict(RunConfig, tree)
+
+
+def write_run_config(cfg: RunConfig, path: str | Path) -> None:
+    """``<run>/config.yaml``: the whole tree, loadable with ``--config``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(to_yaml(cfg))
+
+
+__all__ = ["RunConfig", "TrainConfig", "load_run_config", "run_config_from_hparams",
+           "write_run_config", "to_dict", "to_yaml", "SECTIONS", "DATA_SECTIONS"]
