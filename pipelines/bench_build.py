@@ -38,6 +38,7 @@ from polar_data.demo.generate import (
     natural_images,
     write_sized_sessions,
 )
+from polar_data.zarr_store import open_store
 
 
 def plain_copy_seconds(folder: Path, nbytes: int) -> float:
@@ -57,9 +58,7 @@ def plain_copy_seconds(folder: Path, nbytes: int) -> float:
 
 
 def compressed_once_bytes(zarr_dir: Path, level: int) -> int:
-    import zarr
-
-    root = zarr.open_group(store=str(zarr_dir), mode="r")
+    root = open_store(zarr_dir)
     codec = numcodecs.Zstd(level=level)
     total = 0
     for name in root.attrs["sessions"]:
@@ -74,9 +73,7 @@ def zstd_pass_seconds(zarr_dir: Path, level: int, threads: int) -> float:
     threads: numcodecs releases the GIL), frames already in memory."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import zarr
-
-    root = zarr.open_group(store=str(zarr_dir), mode="r")
+    root = open_store(zarr_dir)
     codec = numcodecs.Zstd(level=level)
     blocks = [np.ascontiguousarray(b) for name in root.attrs["sessions"]
               for stim in [root[name]["stim"][...]]
@@ -90,9 +87,7 @@ def zstd_pass_seconds(zarr_dir: Path, level: int, threads: int) -> float:
 def naive_layout(zarr_dir: Path, window_len: int, n_windows: int, level: int
                  ) -> tuple[float, float, int]:
     """Bytes per window and seconds per window of materialising windows one by one."""
-    import zarr
-
-    root = zarr.open_group(store=str(zarr_dir), mode="r")
+    root = open_store(zarr_dir)
     codec = numcodecs.Zstd(level=level)
     name = root.attrs["sessions"][0]
     g = root[name]

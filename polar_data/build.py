@@ -37,7 +37,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zarr
 from tqdm.auto import tqdm
 
 from .checksum import sha256_bytes, sha256_file
@@ -47,7 +46,7 @@ from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
 from .session_source import chunk_bounds
 from .typed_yaml import to_dict
-from .zarr_store import stats_from_sums
+from .zarr_store import open_root, stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")
 
@@ -158,7 +157,7 @@ def check_settings(out_dir: Path, wanted: dict) -> None:
     write_json_atomic(path, wanted)
     # the root group exists from the start (sessions are its children); its attributes,
     # which open_store checks, are written only by finalize
-    zarr.open_group(store=str(out_dir / "zarr"), mode="a", zarr_format=3)
+    open_root(out_dir / "zarr", mode="a")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -315,7 +314,7 @@ def _ingested(out_dir: Path, sources: list[str]) -> dict[str, str]:
 
 
 def _open_sessions_root(out_dir: Path):
-    return zarr.open_group(store=str(out_dir / "zarr"), mode="r", zarr_format=3)
+    return open_root(out_dir / "zarr")  # before finalize: no schema attributes yet
 
 
 def _shard_inputs(rows, names: list[str], digests: dict[str, str], window_len: int) -> str:
@@ -429,7 +428,7 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
         "splits": dict(cfg.store.splits), "split_seed": cfg.store.split_seed,
         "pixel_stats": pixels,
     }
-    root = zarr.open_group(store=str(out_dir / "zarr"), mode="a", zarr_format=3)
+    root = open_root(out_dir / "zarr", mode="a")
     root.attrs.put(root_attrs)
     manifest = {
         "schema_version": SCHEMA_VERSION,

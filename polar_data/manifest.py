@@ -17,7 +17,7 @@ import fsspec
 import numpy as np
 
 from .checksum import sha256_bytes, sha256_file
-from .schema import SCHEMA_VERSION, SPLITS, StoreError
+from .schema import SPLITS, StoreError, check_schema
 
 MANIFEST = "manifest.json"
 SEAL = "manifest_sha256"
@@ -66,10 +66,9 @@ def load_manifest(base: str | Path, storage_options: dict | None = None) -> dict
                          "pipelines/build_shards.py with the same arguments)") from e
     except ValueError as e:
         raise StoreError(f"{url}: manifest is not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        raise StoreError(f"{url}: schema version {version!r}, this code reads "
-                         f"{SCHEMA_VERSION}; rebuild the store with pipelines/build_shards.py")
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{url}: the manifest is not a JSON object")
+    check_schema(manifest, url)  # version and conventions
     if manifest.get(SEAL) != _digest(manifest):
         raise StoreError(f"{url}: the manifest's checksum does not match its contents (edited "
                          "or corrupted); rebuild, or re-run the build to rewrite it")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .manifest import load_manifest
-from .schema import SPLITS, StoreError, check_schema
+from .schema import SPLITS, StoreError
 
 
 def join(base: str, name: str) -> str:
@@ -40,8 +40,7 @@ class StoreInfo:
     def load(cls, base: str, storage_options: dict | None = None) -> StoreInfo:
         """Read and check ``<base>/manifest.json`` (see :func:`.manifest.load_manifest`)."""
         url = join(str(base), "manifest.json")
-        manifest = load_manifest(base, storage_options)
-        check_schema(manifest, url)
+        manifest = load_manifest(base, storage_options)  # schema checked there
         names = tuple(sorted(manifest["sessions"]))
         sess = [manifest["sessions"][n] for n in names]
         rates = {s["rate_hz"] for s in sess}

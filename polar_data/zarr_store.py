@@ -238,13 +238,20 @@ def write_session_group(chunks: Iterable[Session], group_path: Path, window_len:
     return attrs
 
 
+def open_root(zarr_dir: str | Path, mode: str = "r") -> zarr.Group:
+    """The root group of a store's ``zarr/`` folder, finished or not (the build's own opens:
+    ``mode="a"`` creates it); readers use :func:`open_store`."""
+    return zarr.open_group(store=str(zarr_dir), mode=mode, zarr_format=3)
+
+
 def open_store(zarr_dir: str | Path) -> zarr.Group:
-    """Open a finished Zarr store read-only, checking the schema."""
+    """Open a finished Zarr store read-only, checking the schema: the one way every reader
+    (loaders, verification, evaluation, benchmarks) opens a store's ``zarr/`` folder."""
     zarr_dir = Path(zarr_dir)
     if not (zarr_dir / "zarr.json").is_file():
         raise StoreError(f"{zarr_dir}: no Zarr store here (zarr.json missing); "
                          "run pipelines/build_shards.py first")
-    root = zarr.open_group(store=str(zarr_dir), mode="r", zarr_format=3)
+    root = open_root(zarr_dir)
     check_schema(dict(root.attrs), str(zarr_dir))
     return root
 

@@ -21,9 +21,10 @@ from torch.utils.data import Dataset, Sampler
 
 from .batches import collate, pad_clip
 from .manifest import check_chunk_files
-from .schema import SPLITS, StoreError
+from .schema import SPLITS
 from .store_info import StoreInfo
 from .wds_stream import dist_rank_world
+from .zarr_store import open_store
 
 
 def identity(x):
@@ -100,12 +101,7 @@ class ZarrWindows(Dataset):
         self._groups = self._cache = None  # opened lazily in each worker
 
     def _root(self):
-        import zarr
-
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"{self.path}: no Zarr store here; build it with "
-                             "pipelines/build_shards.py")
-        return zarr.open_group(store=str(self.path), mode="r", zarr_format=3)
+        return open_store(self.path)
 
     def __getstate__(self):
         state = dict(self.__dict__)

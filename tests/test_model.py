@@ -15,11 +15,10 @@ from polar_model.dynamics import PolarDynamics
 from polar_model.factory import build_model, required_window_len
 from polar_model.gaze import GazeEncoder, SaccadeGain
 from polar_model.losses import masked_poisson_nll
-from polar_model.metrics import bits_per_spike, oracle_bps, summarize_bps
+from polar_model.metrics import BPSAccumulator, bits_per_spike, oracle_bps, summarize_bps
 from polar_model.polar import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.spec import DataSpec
-from polar_model.training.lit_module import BPSAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
@@ -308,3 +307,32 @@ def test_bits_per_spike_matches_formula_and_oracle():
     s = summarize_bps([0.2, -0.1, np.nan])
     assert s["n_units"] == 2 and abs(s["mean_unclamped"] - 0.05) < 1e-12
     assert abs(s["mean_clamped"] - 0.1) < 1e-12
+
+
+def _bps_before_issue_15(rate_hat, robs, dfs):
+    """The numpy definition evaluation used before the per-unit sums became the only one."""
+    r, y, d = (np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1]) for x in
+               (rate_hat, robs, dfs))
+    n_spk = (d * y).sum(0)
+    rbar = (d * y).sum(0) / np.maximum(d.sum(0), 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ll_model = (d * (np.where(y > 0, y * np.log(np.maximum(r, 1e-30)), 0.0) - r)).sum(0)
+        ll_null = (d * (np.where(y > 0, y * np.log(np.maximum(rbar, 1e-30)), 0.0) - rbar)).sum(0)
+        bps = (ll_model - ll_null) / (n_spk * np.log(2))
+    return np.where(n_spk > 0, bps, np.nan)
+
+
+def test_one_bps_definition_gives_the_old_values_on_masks_and_silent_units():
+    rng = np.random.default_rng(1)
+    rate = rng.uniform(0.01, 0.8, size=(3, 700, 6)).astype(np.float32)
+    y = rng.poisson(rate * rng.uniform(0.5, 1.5, size=6)).astype(np.float32)
+    d = (rng.uniform(size=y.shape) > 0.2).astype(np.float32)
+    y[..., 5] = 0  # a silent unit: NaN
+    old = _bps_before_issue_15(rate, y, d)
+    new = bits_per_spike(rate, y, d)
+    np.testing.assert_allclose(new, old, rtol=1e-12, atol=1e-14, equal_nan=True)
+    assert np.isnan(new[5]) and np.isfinite(new[:5]).all()
+    acc = BPSAccumulator(6)  # the trainer's sums over batches: the same numbers
+    for k in range(3):
+        acc.update(torch.from_numpy(rate[k]), torch.from_numpy(y[k]), torch.from_numpy(d[k]))
+    np.testing.assert_allclose(acc.bps().numpy(), old, rtol=1e-12, atol=1e-14, equal_nan=True)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
 
-from ..metrics import bits_per_spike, summarize_bps
+from ..metrics import bits_per_spike, oracle_bps, summarize_bps
 
 
 @dataclass
@@ -38,7 +38,7 @@ class SessionPredictions:
         if self.true_rate is None:
             return None
         m = self.dfs.any(1)
-        return bits_per_spike(self.true_rate[m], self.robs[m], self.dfs[m])
+        return oracle_bps(self.true_rate[m], self.robs[m], self.dfs[m])
 
 
 def predict_split(predict: Callable[[dict], torch.Tensor], info: StoreInfo, split: str,

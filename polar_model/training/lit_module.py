@@ -14,41 +14,14 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from polar_data.typed_yaml import to_dict
+from polar_data.typed_yaml import from_dict, to_dict
 
 from ..config import config_from_dict
 from ..factory import build_model
 from ..losses import masked_poisson_nll
+from ..metrics import BPSAccumulator
 from ..spec import DataSpec
 from .run_config import TrainConfig
-
-
-class BPSAccumulator:
-    """Sufficient statistics for bits per spike per unit, summed over batches.
-
-    Per unit ``i`` with mask ``d``: ``A = sum d (y ln r - r)``, ``Y = sum d y``, ``D = sum d``.
-    The null model is the unit's mean rate on the same data, ``r_bar = Y / D``, so
-    ``BPS = (A - (Y ln r_bar - r_bar D)) / (Y ln 2)`` (NaN when ``Y = 0``).
-    """
-
-    def __init__(self, n_units: int, device=None):
-        self.stats = torch.zeros(3, n_units, dtype=torch.float64, device=device)
-
-    def update(self, rate: torch.Tensor, robs: torch.Tensor, dfs: torch.Tensor) -> None:
-        """rate, robs, dfs: [..., N] (expected counts per bin, counts, mask)."""
-        r = rate.detach().double().reshape(-1, rate.shape[-1])
-        y = robs.detach().double().reshape(-1, r.shape[-1])
-        d = dfs.detach().double().reshape(-1, r.shape[-1])
-        ll = torch.where(y > 0, y * torch.log(r.clamp_min(1e-30)), 0.0) - r
-        self.stats[0] += (d * ll).sum(0)
-        self.stats[1] += (d * y).sum(0)
-        self.stats[2] += d.sum(0)
-
-    def bps(self) -> torch.Tensor:
-        A, Y, D = self.stats
-        rbar = Y / D.clamp_min(1)
-        null = torch.where(Y > 0, Y * torch.log(rbar.clamp_min(1e-30)), 0.0) - rbar * D
-        return torch.where(Y > 0, (A - null) / (Y.clamp_min(1e-30) * math.log(2)), math.nan)
 
 
 def _grad_norm(loss: torch.Tensor, params: list) -> float:
@@ -80,7 +53,7 @@ class EncodingModule(L.LightningModule):
         self.model_cfg = config_from_dict(model_cfg)
         self.spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in spec.items()})
-        self.train_cfg = TrainConfig(**train_cfg)
+        self.train_cfg = from_dict(TrainConfig, train_cfg)
         self.model = build_model(self.model_cfg, self.spec)
         self.lambda_jepa = float(getattr(self.model_cfg, "lambda_jepa", 0.0) or 0.0)
         self._jepa_scale = 1.0   # from the last gradient-ratio measurement (not saved)
