@@ -5,6 +5,10 @@
     python pipelines/build_shards.py --config configs/data/lab.yaml 'raw/*/datasets/backimage.dset'
     python pipelines/build_shards.py --model-config configs/model/full.yaml   # window from model
     python pipelines/build_shards.py --verify --out data/demo_store
+    python pipelines/build_shards.py --store.window_len 20 --print-config  # any config key
+
+Any key of the data config can be set with its dotted name (--store.clip_len 128,
+--demo.n_sessions 2; YAML values); the flags below win over them.
 
 Cluster array job (N jobs; see README): every job runs
     --stage ingest --job-index $SLURM_ARRAY_TASK_ID --num-jobs N
@@ -32,14 +36,18 @@ from polar_data.build import (
     write_shards,
 )
 from polar_data.build_lock import BuildLocked, build_lock
-from polar_data.data_config import load_data_config
+from polar_data.data_config import DATA_SECTIONS, load_data_config
 from polar_data.manifest import verify
 from polar_data.schema import SPLITS
-from polar_data.typed_yaml import ConfigError
+from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """(argparse namespace, dotted overrides of the data config)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv, DATA_SECTIONS)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("sessions", nargs="*", help=".dset / .nwb paths or globs (default: the "
                    "config's sessions, or the demo sessions)")
     p.add_argument("--config", type=Path, help="data config YAML (configs/data/*.yaml)")
@@ -65,10 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--verify", action="store_true",
                    help="only re-read the finished build and check it against its manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    a = p.parse_args(argv)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved data config as YAML and exit")
+    a = p.parse_args(rest)
     if not 0 <= a.job_index < a.num_jobs:
         p.error(f"--job-index {a.job_index} must be in 0..{a.num_jobs - 1}")
-    return a
+    return a, overrides
 
 
 def summary_table(results, elapsed: float) -> str:
@@ -97,10 +107,14 @@ def summary_table(results, elapsed: float) -> str:
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
+    try:
+        a, overrides = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     progress = not a.no_progress
     try:
-        cfg = load_data_config(a.config)
+        cfg = override(load_data_config(a.config), overrides)
         if a.out is not None:
             cfg.store.out_dir = a.out
         if a.trust_pickle:
@@ -111,6 +125,9 @@ def main(argv=None) -> int:
             if getattr(a, flag) is not None:
                 setattr(cfg.nwb, key, getattr(a, flag))
         cfg.nwb.__post_init__()
+        if a.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
         out = Path(cfg.store.out_dir)
         if a.verify:
             with build_lock(out, "verify"):

@@ -93,6 +93,9 @@ class DataConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
 
 
+DATA_SECTIONS = ("sessions", "demo", "store", "nwb", "loader")  # DataConfig's keys
+
+
 def load_data_config(path: str | Path | None) -> DataConfig:
     """Read a data config (None: all defaults, i.e. the demo)."""
     return DataConfig() if path is None else load_config(path, DataConfig)

@@ -235,13 +235,13 @@ def _field_type(cls: type, tree: dict, parts: list[str], where: str) -> Any:
             hints = typing.get_type_hints(tp)
             names = [f.name for f in dataclasses.fields(tp) if f.init]
             if part not in names:
-                raise ConfigError(f"{where}: {key}: unknown key (known keys: "
+                raise ConfigError(f"{where}: --{key}: unknown key (known keys: "
                                   f"{', '.join(sorted(names))})")
             tp = hints[part]
         elif get_origin(tp) is dict:
             tp = (get_args(tp) or (str, Any))[1]
         else:
-            raise ConfigError(f"{where}: {key}: {'.'.join(parts[:i]) or 'it'} has no keys")
+            raise ConfigError(f"{where}: --{key}: {'.'.join(parts[:i]) or 'it'} has no keys")
         node = node.get(part) if isinstance(node, dict) else None
     return tp
 
@@ -289,6 +289,17 @@ def apply_overrides(cls: type, tree: dict, overrides, where: str = "command line
             node = node[part]
         node[parts[-1]] = value
     return tree
+
+
+def override(obj: T, overrides, where: str = "command line") -> T:
+    """A copy of dataclass ``obj`` with the dotted ``overrides`` applied and checked."""
+    if not overrides:
+        return obj
+    tree = apply_overrides(type(obj), to_dict(obj), overrides, where)
+    try:
+        return from_dict(type(obj), tree)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _copy(x: Any) -> Any:

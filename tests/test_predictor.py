@@ -59,3 +59,16 @@ def test_predict_on_a_session_from_disk_matches_the_loader(trained, tiny_store, 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     invalid = ~np.isfinite(session.eyepos).all(axis=1)
     assert invalid.any() and np.isnan(rates[invalid]).all()  # windows with lost gaze
+
+
+def test_run_folder_and_checkpoint_carry_the_whole_config(trained):
+    from polar_model.training.run_config import load_run_config, run_config_from_hparams
+
+    run = trained.parent.parent
+    saved = load_run_config(config=run / "config.yaml")
+    hparams = torch.load(trained, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert run_config_from_hparams(hparams) == saved
+    assert saved.model.name == "behavior" and saved.train.max_steps == 3
+    assert saved.loader.kind == "zarr" and saved.store.window_len is None
+    module = polar_model.load(trained).module  # the module's own configs are the tree's
+    assert module.model_cfg == saved.model and module.train_cfg == saved.train

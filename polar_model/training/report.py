@@ -36,11 +36,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from polar_data.data_config import load_data_config  # noqa: E402
 from polar_data.demo.population import PopulationParams, saccade_gain_curve  # noqa: E402
 from polar_data.store_info import StoreInfo  # noqa: E402
+from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml  # noqa: E402
 from polar_data.zarr_store import open_store  # noqa: E402
 
 from . import REPO  # noqa: E402
 from .evaluation import predict_split, score  # noqa: E402
 from .lit_module import EncodingModule  # noqa: E402
+from .run_config import DATA_SECTIONS  # noqa: E402
 
 ROOT = REPO
 SPLITS = ("val", "test")
@@ -265,14 +267,28 @@ def write_summary(results: dict, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv, DATA_SECTIONS)
+    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", type=Path)
-    p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml")
+    p.add_argument("checkpoints", nargs="*", type=Path)
+    p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml",
+                   help="data config; any key can be set with --<section>.<key> VALUE")
     p.add_argument("--out", type=Path, default=ROOT / "reports/latest")
     p.add_argument("--batch-size", type=int, default=8)
-    a = p.parse_args(argv)
-    cfg = load_data_config(a.data)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved data config as YAML and exit")
+    a = p.parse_args(rest)
+    try:
+        cfg = override(load_data_config(a.data), overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    if not a.checkpoints:
+        p.error("give at least one checkpoint")
     info = StoreInfo.load(cfg.loader.store or str(cfg.store.out_dir))
     a.out.mkdir(parents=True, exist_ok=True)
     modules, ckpts, results, preds = {}, {}, {}, {}

@@ -10,7 +10,8 @@ A run's config is one tree (:class:`RunConfig`)::
 :func:`load_run_config` builds it, lowest precedence first, from the dataclasses' defaults, a
 whole run config (``config``: e.g. a run folder's ``config.yaml``), the data, model and train
 files (each replaces the sections it gives), then dotted command-line overrides
-(``--model.n_pairs 12 --train.lr 3e-3 --loader.batch_size 16 --store.window_len 20``). Every
+(``--model.n_pairs 12 --train.lr 3e-3 --loader.batch_size 16 --store.window_len 20``;
+``--model.kind resnet_convgru`` starts the model section from that kind's defaults). Every
 file is checked against its own dataclass first, so an error names the file and the key in it
 (``configs/model/x.yaml: n_pairs: expected an integer, got 'a'``); an override's error names
 its flag (``command line: --train.lr: expected a number, got 'fast'``); an error that only the
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from polar_data.data_config import DataConfig
+from polar_data.data_config import DATA_SECTIONS, DataConfig
 from polar_data.typed_yaml import (
     ConfigError,
     apply_overrides,
@@ -80,7 +81,6 @@ class RunConfig(DataConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-DATA_SECTIONS = ("sessions", "demo", "store", "nwb", "loader")
 SECTIONS = (*DATA_SECTIONS, "model", "train")
 
 
@@ -126,6 +126,13 @@ def load_run_config(config: str | Path | None = None, data: str | Path | None = 
         d = _read_yaml(train)
         load_config(train, TrainConfig)
         take({"train": d}, str(train))
+    try:  # every default filled in, so an override of one key keeps its neighbours
+        tree = to_dict(from_dict(RunConfig, tree))
+    except ConfigError as e:
+        raise ConfigError(f"{' + '.join(sum(origin.values(), [])) or 'defaults'}: {e}") from None
+    for key, text in overrides:  # a new model kind starts from that kind's defaults
+        if key == "model.kind" and text != tree["model"].get("kind"):
+            tree["model"] = {"kind": text}
     tree = apply_overrides(RunConfig, tree, overrides)
     for key, _ in overrides:
         origin.setdefault(key.split(".", 1)[0], []).append(f"--{key}")
