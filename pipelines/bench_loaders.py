@@ -34,7 +34,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from polar_data.batches import normalize, pad_clip
+from polar_data.batches import normalize, pad_clip, sample
 from polar_data.build import build_store
 from polar_data.data_config import load_data_config
 from polar_data.demo.generate import write_sized_sessions
@@ -149,9 +149,8 @@ def read_peer_clip(store: str, row: tuple[int, int, int]) -> dict:
     g = root[info.sessions[row[0]]]
     W, L, n_max = info.window_len, info.clip_len, max(info.n_units)
     s, n = row[1], row[2]
-    item = pad_clip({"stim": g["stim"][s - W + 1 : s + n], "eyepos": g["eyepos"][s - W + 1 : s + n],
-                     "robs": g["robs"][s : s + n], "dfs": g["dfs"][s : s + n],
-                     "session": row[0], "end": s + n - 1}, L)
+    item = pad_clip(sample(g["stim"][s - W + 1 : s + n], g["eyepos"][s - W + 1 : s + n],
+                           g["robs"][s : s + n], g["dfs"][s : s + n], row[0], s + n - 1), L)
     pad = ((0, 0), (0, n_max - item["robs"].shape[1]))
     return {"stim": item["stim"], "eyepos": item["eyepos"].astype(np.float32),
             "robs": np.pad(item["robs"], pad).astype(np.float32),

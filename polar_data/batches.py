@@ -1,4 +1,7 @@
-"""Batch layout shared by every loader (and expected by every model).
+"""The batch layout: one typed definition that every loader produces and the trainer,
+evaluation and prediction consume (:class:`Batch`, built by :func:`collate` from
+:class:`Sample` items made by :func:`sample`). The bytes and names on disk are the store's
+(``polar_data.zarr_store``, ``polar_data.wds_shards``); this is what reaches a model.
 
 One batch holds windows or clips of **one session** (its readout is per session; unit counts
 differ between sessions), so no padding is needed. Time is oldest first: index -1 of a window
@@ -12,7 +15,7 @@ Window mode (``W = window_len``)::
     dfs       float32 [B, N]             unit mask at the last bin (loss weight)
     session   int64   [B]                index into StoreInfo.sessions (all equal)
     end       int64   [B]                bin index of the last bin in the session
-    true_rate float32 [B, N]             demo stores only
+    true_rate float32 [B, N]             demo stores only: expected counts per bin
 
 Clip mode (``L = clip_len``, ``S = L + W - 1``)::
 
@@ -26,8 +29,58 @@ every real target, so a causal model's outputs for the real targets are unchange
 
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 import numpy as np
 import torch
+
+# the keys of a batch (and of a sample: ``eyepos`` there, ``behavior`` once collated)
+STIM, BEHAVIOR, ROBS, DFS = "stim", "behavior", "robs", "dfs"
+SESSION, END, TRUE_RATE, EYEPOS = "session", "end", "true_rate", "eyepos"
+
+
+class Batch(TypedDict):
+    """A batch as the module docstring lays it out (shapes, dtypes, units there)."""
+
+    stim: torch.Tensor        # float32 [B, 1, S, H, W'] normalised frames (S = W window mode)
+    behavior: torch.Tensor    # float32 [B, S, 2] gaze in degrees, x right / y up
+    robs: torch.Tensor        # float32 [B, N] (window) or [B, L, N] (clip): counts
+    dfs: torch.Tensor         # float32, as robs: unit mask (loss weight)
+    session: torch.Tensor     # int64 [B]: one session index, repeated
+    end: torch.Tensor         # int64 [B]: bin of the last (real) target
+    true_rate: NotRequired[torch.Tensor]  # float32, as robs: demo stores only
+
+
+class Sample(TypedDict):
+    """One window or clip before collation (numpy, as read from a store)."""
+
+    stim: np.ndarray          # uint8 [S, H, W'] frames, oldest first
+    eyepos: np.ndarray        # float32 [S, 2] gaze in degrees
+    robs: np.ndarray          # [N] (window) or [L, N] (clip): counts
+    dfs: np.ndarray           # bool, as robs
+    session: int
+    end: int
+    true_rate: NotRequired[np.ndarray]
+
+
+def sample(stim, eyepos, robs, dfs, session: int, end: int, true_rate=None) -> Sample:
+    """A :class:`Sample` (``true_rate`` only when given): how every loader makes one."""
+    item: Sample = {STIM: stim, EYEPOS: eyepos, ROBS: robs, DFS: dfs, SESSION: session,
+                    END: end}
+    if true_rate is not None:
+        item[TRUE_RATE] = true_rate
+    return item
+
+
+def session_of(batch: Batch) -> int:
+    """The session index of a batch (one per batch)."""
+    return int(batch[SESSION][0])
+
+
+def as_clip(batch: Batch, key: str) -> torch.Tensor:
+    """``robs``, ``dfs`` or ``true_rate`` as ``[B, L, N]`` in both modes (window: L = 1)."""
+    x = batch[key]
+    return x[:, None] if x.ndim == 2 else x
 
 
 def normalize(stim: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -38,28 +91,29 @@ def normalize(stim: np.ndarray, mean: float, std: float) -> np.ndarray:
     return out
 
 
-def collate(items: list[dict], mean: float, std: float) -> dict[str, torch.Tensor]:
-    """Stack per-sample dicts (``stim`` uint8 [S, H, W], ``eyepos`` [S, 2], ``robs``, ``dfs``,
-    ``session``, ``end``, optional ``true_rate``) into the batch layout above."""
-    sessions = {it["session"] for it in items}
+def collate(items: list[Sample], mean: float, std: float) -> Batch:
+    """Stack :class:`Sample` items of one session into a :class:`Batch` (the one place a
+    batch is made)."""
+    sessions = {it[SESSION] for it in items}
     if len(sessions) != 1:
         raise ValueError(f"a batch must hold one session, got {sorted(sessions)}")
-    stim = normalize(np.stack([it["stim"] for it in items]), mean, std)
-    batch = {
-        "stim": torch.from_numpy(stim).unsqueeze(1),
-        "behavior": torch.from_numpy(np.stack([it["eyepos"] for it in items]).astype(np.float32)),
-        "robs": torch.from_numpy(np.stack([it["robs"] for it in items]).astype(np.float32)),
-        "dfs": torch.from_numpy(np.stack([it["dfs"] for it in items]).astype(np.float32)),
-        "session": torch.full((len(items),), items[0]["session"], dtype=torch.int64),
-        "end": torch.tensor([it["end"] for it in items], dtype=torch.int64),
+
+    def stack(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))
+
+    batch: Batch = {
+        STIM: torch.from_numpy(normalize(np.stack([it[STIM] for it in items]), mean,
+                                         std)).unsqueeze(1),
+        BEHAVIOR: stack(EYEPOS), ROBS: stack(ROBS), DFS: stack(DFS),
+        SESSION: torch.full((len(items),), items[0][SESSION], dtype=torch.int64),
+        END: torch.tensor([it[END] for it in items], dtype=torch.int64),
     }
-    if all("true_rate" in it for it in items):
-        batch["true_rate"] = torch.from_numpy(
-            np.stack([it["true_rate"] for it in items]).astype(np.float32))
+    if all(TRUE_RATE in it for it in items):
+        batch[TRUE_RATE] = stack(TRUE_RATE)
     return batch
 
 
-def windows_from_clip(clip: dict, window_len: int) -> list[dict]:
+def windows_from_clip(clip: dict, window_len: int) -> list[Sample]:
     """Cut the window-mode samples out of one decoded clip: one per owned target whose unit
     mask is not all False. Windows are views of the clip's arrays (no copy)."""
     meta = clip["meta"]
@@ -68,28 +122,20 @@ def windows_from_clip(clip: dict, window_len: int) -> list[dict]:
         dfs = clip["dfs"][k]
         if not dfs.any():
             continue
-        item = {
-            "stim": clip["stim"][k : k + window_len],
-            "eyepos": clip["eyepos"][k : k + window_len],
-            "robs": clip["robs"][k],
-            "dfs": dfs,
-            "session": meta["session_index"],
-            "end": meta["start"] + k,
-        }
-        if "true_rate" in clip:
-            item["true_rate"] = clip["true_rate"][k]
-        out.append(item)
+        out.append(sample(clip[STIM][k : k + window_len], clip[EYEPOS][k : k + window_len],
+                          clip[ROBS][k], dfs, meta["session_index"], meta["start"] + k,
+                          clip[TRUE_RATE][k] if TRUE_RATE in clip else None))
     return out
 
 
-def pad_clip(item: dict, clip_len: int) -> dict:
+def pad_clip(item: Sample, clip_len: int) -> Sample:
     """Pad a clip-mode sample with fewer than ``clip_len`` targets at its end (see above)."""
     short = clip_len - len(item["robs"])
     if short <= 0:
         return item
-    edge = {"stim": "edge", "eyepos": "edge"}
+    edge = {STIM: "edge", EYEPOS: "edge"}
     out = dict(item)
-    for k in ("stim", "eyepos", "robs", "dfs", "true_rate"):
+    for k in (STIM, EYEPOS, ROBS, DFS, TRUE_RATE):
         if k in item:
             a = item[k]
             width = [(0, short)] + [(0, 0)] * (a.ndim - 1)
@@ -97,7 +143,7 @@ def pad_clip(item: dict, clip_len: int) -> dict:
     return out
 
 
-def clip_items(clip: dict, clip_len: int | None = None) -> list[dict]:
+def clip_items(clip: dict, clip_len: int | None = None) -> list[Sample]:
     """A decoded clip as clip-mode samples of ``clip_len`` targets (default: the store's),
     each with its own ``window_len - 1`` bins of history, the last one padded."""
     meta = clip["meta"]
@@ -106,10 +152,8 @@ def clip_items(clip: dict, clip_len: int | None = None) -> list[dict]:
     out = []
     for a in range(0, n, L):
         b = min(a + L, n)
-        item = {"stim": clip["stim"][a : b + h], "eyepos": clip["eyepos"][a : b + h],
-                "robs": clip["robs"][a:b], "dfs": clip["dfs"][a:b],
-                "session": meta["session_index"], "end": meta["start"] + b - 1}
-        if "true_rate" in clip:
-            item["true_rate"] = clip["true_rate"][a:b]
+        item = sample(clip[STIM][a : b + h], clip[EYEPOS][a : b + h], clip[ROBS][a:b],
+                      clip[DFS][a:b], meta["session_index"], meta["start"] + b - 1,
+                      clip[TRUE_RATE][a:b] if TRUE_RATE in clip else None)
         out.append(pad_clip(item, L))
     return out

@@ -34,7 +34,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .batches import clip_items, collate, windows_from_clip
+from .batches import SESSION, clip_items, collate, windows_from_clip
 from .schema import StoreError
 from .store_info import StoreInfo
 from .wds_shards import decode_clip, sample_digest
@@ -211,10 +211,10 @@ class ShardStream(IterableDataset):
         if quota == 0 and not self.single_pass:
             return
         for it in items:
-            b = buckets.setdefault(it["session"], [])
+            b = buckets.setdefault(it[SESSION], [])
             b.append(it)
             if len(b) == self.batch_size:
-                buckets[it["session"]] = []
+                buckets[it[SESSION]] = []
                 made += 1
                 if made > skip:
                     yield collate(b, self.info.pixel_mean, self.info.pixel_std)

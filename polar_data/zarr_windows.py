@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from .batches import collate, pad_clip
+from .batches import Batch, collate, pad_clip, sample
 from .manifest import check_chunk_files
 from .schema import SPLITS
 from .store_info import StoreInfo
@@ -129,7 +129,7 @@ class ZarrWindows(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: list[int]) -> dict:
+    def __getitems__(self, indices: list[int]) -> Batch:
         """One batch (see :mod:`polar_data.batches`); all indices must share a session."""
         idx = np.asarray(indices)
         sess = np.unique(self.index[idx, 0])
@@ -152,21 +152,18 @@ class ZarrWindows(Dataset):
                 tr = self._rows(si, "true_rate", lo, hi) if truth else None
                 for k in part:
                     e = int(bins[k]) - lo
-                    it = {"stim": stim[e - W + 1 : e + 1], "eyepos": eye[e - W + 1 : e + 1],
-                          "robs": robs[e], "dfs": dfs[e], "session": si, "end": int(bins[k])}
-                    if tr is not None:
-                        it["true_rate"] = tr[e]
-                    by_pos[int(k)] = it
+                    by_pos[int(k)] = sample(stim[e - W + 1 : e + 1], eye[e - W + 1 : e + 1],
+                                            robs[e], dfs[e], si, int(bins[k]),
+                                            None if tr is None else tr[e])
             items = [by_pos[k] for k in range(len(idx))]
         else:
             for k, i in enumerate(idx):
                 s, n = int(bins[k]), int(self.n_targets[i])
-                it = {"stim": self._rows(si, "stim", s - W + 1, s + n),
-                      "eyepos": self._rows(si, "eyepos", s - W + 1, s + n),
-                      "robs": self._rows(si, "robs", s, s + n),
-                      "dfs": self._rows(si, "dfs", s, s + n), "session": si, "end": s + n - 1}
-                if truth:
-                    it["true_rate"] = self._rows(si, "true_rate", s, s + n)
+                it = sample(self._rows(si, "stim", s - W + 1, s + n),
+                            self._rows(si, "eyepos", s - W + 1, s + n),
+                            self._rows(si, "robs", s, s + n), self._rows(si, "dfs", s, s + n),
+                            si, s + n - 1,
+                            self._rows(si, "true_rate", s, s + n) if truth else None)
                 items.append(pad_clip(it, self.info.clip_len))
         return collate(items, self.info.pixel_mean, self.info.pixel_std)
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from polar_data.batches import DFS, END, TRUE_RATE, Batch, session_of
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
 
@@ -41,7 +42,7 @@ class SessionPredictions:
         return oracle_bps(self.true_rate[m], self.robs[m], self.dfs[m])
 
 
-def predict_split(predict: Callable[[dict], torch.Tensor], info: StoreInfo, split: str,
+def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, split: str,
                   batch_size: int = 8, progress: bool = False) -> list[SessionPredictions]:
     """Run ``predict(batch) -> log expected counts [B, L, N]`` over every clip of ``split``."""
     from tqdm.auto import tqdm
@@ -67,16 +68,16 @@ def predict_split(predict: Callable[[dict], torch.Tensor], info: StoreInfo, spli
         for idx, batch in zip(batches, tqdm(loader, desc=f"predict {split}",
                                             disable=not progress)):
             rate = predict(batch).exp().numpy()
-            sp = out[int(batch["session"][0])]
+            sp = out[session_of(batch)]
             for b, i in enumerate(idx):
                 start, n = int(ds.index[i, 1]), int(ds.n_targets[i])
-                if start + n - 1 != int(batch["end"][b]):
+                if start + n - 1 != int(batch[END][b]):
                     raise RuntimeError(f"clip {i} of {split}: index and batch disagree")
                 bins = np.arange(start, start + n)
                 sp.rate[bins] = rate[b, :n]
-                sp.dfs[bins] = batch["dfs"][b, :n].numpy() > 0
+                sp.dfs[bins] = batch[DFS][b, :n].numpy() > 0
                 if sp.true_rate is not None:
-                    sp.true_rate[bins] = batch["true_rate"][b, :n].numpy()
+                    sp.true_rate[bins] = batch[TRUE_RATE][b, :n].numpy()
     return out
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
+from polar_data.batches import BEHAVIOR, DFS, END, ROBS, STIM, TRUE_RATE, Batch, as_clip, session_of
 from polar_data.typed_yaml import from_dict, to_dict
 
 from ..config import config_from_dict
@@ -66,16 +67,13 @@ class EncodingModule(L.LightningModule):
         return cls(to_dict(model_cfg), to_dict(asdict(spec)), to_dict(asdict(train_cfg)),
                    None if run_config is None else to_dict(run_config))
 
-    def forward(self, batch: dict):
-        return self.model(batch["stim"], batch["behavior"], int(batch["session"][0]))
+    def forward(self, batch: Batch):
+        return self.model(batch[STIM], batch[BEHAVIOR], session_of(batch))
 
     @staticmethod
-    def targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """robs, dfs as [B, L, N] in both modes."""
-        robs, dfs = batch["robs"], batch["dfs"]
-        if robs.ndim == 2:
-            robs, dfs = robs[:, None], dfs[:, None]
-        return robs, dfs
+        return as_clip(batch, ROBS), as_clip(batch, DFS)
 
     def jepa_weight(self, nll: torch.Tensor, jepa: torch.Tensor) -> float:
         """The JEPA loss weight at this step: ``lambda_jepa``, ramped over
@@ -98,10 +96,10 @@ class EncodingModule(L.LightningModule):
             self._jepa_scale = min(1.0, ratio * gn / max(w * gj, 1e-12))
         return w * self._jepa_scale
 
-    def _loss(self, batch: dict, stage: str):
+    def _loss(self, batch: Batch, stage: str):
         out = self(batch)
         robs, dfs = self.targets(batch)
-        session = self.spec.session_names[int(batch["session"][0])]
+        session = self.spec.session_names[session_of(batch)]
         try:
             nll = masked_poisson_nll(out.log_rate, robs, dfs)
         except FloatingPointError:
@@ -114,20 +112,20 @@ class EncodingModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite {stage} loss ({loss.item()}) on a batch of session {session!r} "
-                f"(bins ending {batch['end'][:4].tolist()}...): check the inputs and the "
+                f"(bins ending {batch[END][:4].tolist()}...): check the inputs and the "
                 "learning rate; batches are never skipped silently"
             )
         return out, nll, loss
 
     def training_step(self, batch, batch_idx):
         out, nll, loss = self._loss(batch, "train")
-        B = batch["robs"].shape[0]
-        self.log("train/nll", nll, batch_size=B)
+        n = batch[ROBS].shape[0]
+        self.log("train/nll", nll, batch_size=n)
         if out.jepa_loss is not None:
-            self.log("train/jepa", out.jepa_loss, batch_size=B)
-            self.log("train/jepa_weight", float(self._last_jepa_weight), batch_size=B)
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
+            self.log("train/jepa", out.jepa_loss, batch_size=n)
+            self.log("train/jepa_weight", float(self._last_jepa_weight), batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -150,12 +148,11 @@ class EncodingModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out, nll, _ = self._loss(batch, "val")
         robs, dfs = self.targets(batch)
-        s = int(batch["session"][0])
+        s = session_of(batch)
         self._val[s].update(out.log_rate.exp(), robs, dfs)
-        if "true_rate" in batch:  # demo stores: the ground truth on the same targets
-            tr = batch["true_rate"]
-            self._oracle[s].update(tr if tr.ndim == 3 else tr[:, None], robs, dfs)
-        self.log("val/nll", nll, batch_size=batch["robs"].shape[0], sync_dist=True)
+        if TRUE_RATE in batch:  # demo stores: the ground truth on the same targets
+            self._oracle[s].update(as_clip(batch, TRUE_RATE), robs, dfs)
+        self.log("val/nll", nll, batch_size=batch[ROBS].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self):
         per_unit, oracle = [], []

@@ -304,7 +304,7 @@ def main(argv=None) -> int:
         results[name] = {}
         for split in SPLITS:
             pr = predict_split(
-                lambda b, m=m: m.model(b["stim"], b["behavior"], int(b["session"][0])).log_rate,
+                lambda b, m=m: m(b).log_rate,  # EncodingModule.forward: the batch layout
                 info, split, a.batch_size, progress=True)
             results[name][split] = score(pr)
             sessions, ids = unit_labels(pr, info)
