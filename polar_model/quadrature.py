@@ -20,8 +20,13 @@ class QuadratureFilterBank(nn.Module):
     derived from the filter (:meth:`k`). For an image translated by ``d`` pixels the response
     phase advances by ``2 pi k . d`` (Fourier shift theorem; tested).
 
-    Orientations start evenly spread over 180 deg and frequencies spread over an octave, so
-    pairs differ from the start (the first implementation's pairs were affine copies).
+    Orientations start evenly spread over 180 deg (22.5 deg apart for 8 pairs), all at
+    0.177 cycles/pixel (half an octave below Nyquist/2): the pyramid's levels already space
+    frequency by octaves, so one frequency per level gives each level every orientation.
+    (Alternating 0.25 / 0.125 per pair, as before, left 45 deg between the pairs of one
+    frequency and repeated the next level's band; measured: 0.16 -> 0.21 of the demo
+    oracle after 150 steps.) Pairs differ from the start (the first implementation's pairs
+    were affine copies).
     """
 
     def __init__(self, n_pairs: int, size: int):
@@ -29,7 +34,7 @@ class QuadratureFilterBank(nn.Module):
         self.size = size
         m = torch.arange(n_pairs, dtype=torch.float32)
         self.theta = nn.Parameter(m * math.pi / n_pairs)
-        freq0 = 0.25 * 2 ** (-(m % 2))  # alternate 0.25 and 0.125 cycles/pixel
+        freq0 = torch.full_like(m, 0.177)  # cycles/pixel; levels space the octaves
         self._freq = nn.Parameter(torch.logit((freq0 - 0.04) / 0.41))
         self._sigma = nn.Parameter(torch.log(torch.expm1(0.6 / freq0)))  # ~0.6 cycles
         r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2

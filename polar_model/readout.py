@@ -94,10 +94,16 @@ class MultiLevelGaussianReadout(nn.Module):
         return gaussian_masks(self.mu, self.log_sigma[:, level].clamp(-4, 1),
                               0.9 * torch.tanh(self._corr[:, level]), hw)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], mix: list[nn.Module] | None = None
+                ) -> torch.Tensor:
+        """``mix``: optional per-level maps of the pooled features ``[..., C] -> [..., dim]``
+        shared by all units (masks sum to one, so pooling then mixing equals mixing each
+        pixel then pooling)."""
         out = self.bias
         for level, f in enumerate(features):
             mask = self.masks(level, tuple(f.shape[-2:]))
             pooled = torch.einsum("bldhw,nhw->blnd", f, mask)
+            if mix is not None:
+                pooled = mix[level](pooled)
             out = out + (pooled * self.weight[:, level]).sum(-1)
         return apply_link(out, self.link, self.log_scale, self.log_beta)

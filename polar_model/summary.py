@@ -15,8 +15,8 @@ class TemporalSummarizer(nn.Module):
     prediction-error energy. EMA factors are learned (initially 0.74 and 0.95 per step).
 
     Returns the features of steps ``first .. T-1`` (``[B, T - first, 9M, H, W]``) and the
-    spatial means of every step's features (``[B, T, 9M]``, for JEPA), so the full-resolution
-    features of history steps are never kept.
+    spatial means of every step's features (``[B, T, 9M]``, for JEPA; None with
+    ``pool=False``), so the full-resolution features of history steps are never kept.
     """
 
     n_features = 9
@@ -25,8 +25,9 @@ class TemporalSummarizer(nn.Module):
         super().__init__()
         self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
 
-    def forward(self, amp, even, odd, A, c, s, err, first: int = 0):
-        """amp, even, odd: ``[B, T, M, H, W]``; A, c, s, err: lists of T ``[B, M, H, W]``."""
+    def forward(self, amp, even, odd, A, c, s, err, first: int = 0, pool: bool = True):
+        """amp, even, odd: ``[B, T, M, H, W]``; A, c, s, err: lists of T ``[B, M, H, W]``.
+        ``pool=False`` skips the spatial means (None; only JEPA uses them)."""
         fast, slow = torch.sigmoid(self._alpha)
         amp, even, odd = amp.unbind(1), even.unbind(1), odd.unbind(1)
         f_amp, s_amp, f_even, f_odd = amp[0], amp[0], even[0], odd[0]
@@ -38,11 +39,15 @@ class TemporalSummarizer(nn.Module):
                 f_even = fast * f_even + (1 - fast) * even[t]
                 f_odd = fast * f_odd + (1 - fast) * odd[t]
             change = amp[t] - amp[t - 1] if t else torch.zeros_like(f_amp)
-            parts = [A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd, change, err[t]]
-            pooled.append(torch.cat([p.mean(dim=(-2, -1)) for p in parts], dim=1))
+            if t < first and not pool:
+                continue
+            step = torch.cat([A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd,
+                              change, err[t]], dim=1)
+            if pool:
+                pooled.append(step.mean(dim=(-2, -1)))
             if t >= first:
-                outs.append(torch.cat(parts, dim=1))
-        return torch.stack(outs, 1), torch.stack(pooled, 1)
+                outs.append(step)
+        return torch.stack(outs, 1), torch.stack(pooled, 1) if pool else None
 
 
 def static_features(amp, even, odd, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

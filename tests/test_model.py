@@ -18,6 +18,7 @@ from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator, bits_per_spike, oracle_bps, summarize_bps
 from polar_model.polar import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
+from polar_model.readout import MultiLevelGaussianReadout
 from polar_model.spec import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,10 +259,24 @@ def test_saccade_gain_recovers_suppression_and_enhancement_from_spikes():
     assert np.abs(k - truth).mean() < 0.1
 
 
+def test_mix_after_pooling_equals_a_1x1_conv_before_it():
+    """The readout pools each level with masks summing to one, then applies the shared
+    channel map: the same rates as mixing every pixel with a 1x1 conv first (the old order)."""
+    torch.manual_seed(0)
+    readout = MultiLevelGaussianReadout(5, 2, 4, torch.rand(5) + 0.1, 0.3, link="softplus")
+    mix = [torch.nn.Linear(6, 4) for _ in range(2)]
+    feats = [torch.randn(2, 3, 6, 9, 9), torch.randn(2, 3, 6, 5, 5)]
+    conv_first = []
+    for f, m in zip(feats, mix):
+        y = torch.nn.functional.conv2d(f.flatten(0, 1), m.weight[..., None, None], m.bias)
+        conv_first.append(y.view(2, 3, 4, *f.shape[-2:]))
+    torch.testing.assert_close(readout(feats, mix), readout(conv_first), rtol=1e-5, atol=1e-5)
+
+
 def test_static_differs_from_minimal():
     a, b = model("static"), model("minimal")
     assert not hasattr(a, "dynamics") and hasattr(b, "dynamics")
-    assert a.mix[0].in_channels != b.mix[0].in_channels
+    assert a.mix[0].in_features != b.mix[0].in_features
 
 
 def _readme_params():
