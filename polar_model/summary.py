@@ -25,8 +25,11 @@ class TemporalSummarizer(nn.Module):
         super().__init__()
         self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
 
-    def forward(self, amp, even, odd, A, c, s, err, first: int = 0, pool: bool = True):
-        """amp, even, odd: ``[B, T, M, H, W]``; A, c, s, err: lists of T ``[B, M, H, W]``.
+    def forward(self, amp, even, odd, state_amp, state_cos, state_sin, phase_error,
+                first: int = 0, pool: bool = True):
+        """amp, even, odd: observed responses ``[B, T, M, H, W]``; state_amp, state_cos,
+        state_sin (the dynamics' amplitude and unit phase), phase_error: lists of T
+        ``[B, M, H, W]`` (:class:`~polar_model.dynamics.PolarDynamics`' outputs).
         ``pool=False`` skips the spatial means (None; only JEPA uses them)."""
         fast, slow = torch.sigmoid(self._alpha)
         amp, even, odd = amp.unbind(1), even.unbind(1), odd.unbind(1)
@@ -41,8 +44,9 @@ class TemporalSummarizer(nn.Module):
             change = amp[t] - amp[t - 1] if t else torch.zeros_like(f_amp)
             if t < first and not pool:
                 continue
-            step = torch.cat([A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd,
-                              change, err[t]], dim=1)
+            a = state_amp[t]
+            step = torch.cat([a, a * state_cos[t], a * state_sin[t], f_amp, s_amp, f_even, f_odd,
+                              change, phase_error[t]], dim=1)
             if pool:
                 pooled.append(step.mean(dim=(-2, -1)))
             if t >= first:
