@@ -39,7 +39,10 @@ class PolarConfig:
     saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
     readout_dim: int = 16           # per-level feature channels fed to the readout
     readout_sigma: float = 0.25     # initial Gaussian std (fraction of the half-width)
+    readout_sigma_px: float | None = None  # if set: initial std in pixels of each level
     readout_weight_std: float | None = None  # None: 1 / sqrt(levels x readout_dim)
+    readout_placement: Literal["rf_maps", "centre"] = "rf_maps"  # start positions: each
+                                    # unit's RF peak on the training split, or the centre
     output_link: Literal["exp", "softplus", "learned"] = "exp"
     use_jepa: bool = False
     jepa_delta: int = 4             # predict features jepa_delta bins ahead
@@ -82,6 +85,7 @@ class BaselineConfig:
     beh_emb_dim: int = 16           # eye-movement modulator output channels
     readout_sigma: float = 0.25
     readout_weight_std: float | None = None
+    readout_placement: Literal["rf_maps", "centre"] = "rf_maps"
     output_link: Literal["exp", "softplus", "learned"] = "exp"
     use_jepa: bool = False          # the baseline has no JEPA; kept for a uniform interface
     lambda_jepa: float = 0.0

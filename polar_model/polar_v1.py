@@ -61,11 +61,19 @@ class PolarV1(EncodingModel):
             self.saccade_gain = nn.ModuleList(SaccadeGain(n, k, spacing) for n in spec.n_units)
         self.mix = nn.ModuleList(nn.Linear(n_feat * M, cfg.readout_dim) for _ in range(S))
         self.readouts = nn.ModuleList(
-            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, cfg.readout_sigma,
+            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, self.readout_sigmas(),
                                       cfg.output_link, cfg.readout_weight_std)
             for n, r in zip(spec.n_units, spec.mean_rates))
         self.jepa = (JEPA(S * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
                           cfg.jepa_ema) if cfg.use_jepa else None)
+
+    def readout_sigmas(self) -> list[float]:
+        """Initial mask std per level in the readouts' [-1, 1] units: ``readout_sigma`` for
+        all, or ``readout_sigma_px`` pixels of each level."""
+        px = self.cfg.readout_sigma_px
+        if px is None:
+            return [self.cfg.readout_sigma] * len(self.sizes)
+        return [px * 2.0 / (max(h, w) - 1) for h, w in self.sizes]
 
     def level_features(self, stim: torch.Tensor, beh: tuple | None, first: int = 0
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

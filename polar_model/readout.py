@@ -66,7 +66,8 @@ class MultiLevelGaussianReadout(nn.Module):
     features: list over levels of ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``.
     """
 
-    def __init__(self, n_units: int, n_levels: int, dim: int, mean_rates, sigma: float,
+    def __init__(self, n_units: int, n_levels: int, dim: int, mean_rates,
+                 sigma: float | list[float],
                  link: str = "exp", weight_std: float | None = None):
         super().__init__()
         if link not in LINKS:
@@ -74,7 +75,8 @@ class MultiLevelGaussianReadout(nn.Module):
         self.link = link
         std = weight_std if weight_std is not None else 1.0 / math.sqrt(n_levels * dim)
         self._mu = nn.Parameter(torch.randn(n_units, 2) * 0.1)
-        self.log_sigma = nn.Parameter(torch.full((n_units, n_levels, 2), math.log(sigma)))
+        sig = torch.as_tensor(sigma, dtype=torch.float32).expand(n_levels)
+        self.log_sigma = nn.Parameter(sig.log()[None, :, None].repeat(n_units, 1, 2))
         self._corr = nn.Parameter(torch.zeros(n_units, n_levels))
         self.weight = nn.Parameter(torch.randn(n_units, n_levels, dim) * std)
         rates = torch.as_tensor(mean_rates, dtype=torch.float32).clamp_min(1e-4)
@@ -89,6 +91,14 @@ class MultiLevelGaussianReadout(nn.Module):
     def mu(self) -> torch.Tensor:
         """Unit positions [N, 2] (x right, y down on the crop) in [-1, 1]."""
         return torch.tanh(self._mu)
+
+    @torch.no_grad()
+    def place(self, mu: torch.Tensor) -> None:
+        """Set the unit positions ``[N, 2]`` (x right, y down, in [-1, 1]); kept within
+        +-0.95 so that they can still move."""
+        if mu.shape != self._mu.shape:
+            raise ValueError(f"positions must be {tuple(self._mu.shape)}, got {tuple(mu.shape)}")
+        self._mu.copy_(torch.atanh(mu.to(self._mu).clamp(-0.95, 0.95)))
 
     def masks(self, level: int, hw: tuple[int, int]) -> torch.Tensor:
         return gaussian_masks(self.mu, self.log_sigma[:, level].clamp(-4, 1),

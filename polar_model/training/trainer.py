@@ -46,6 +46,7 @@ from polar_data.typed_yaml import ConfigError, split_overrides, to_yaml
 from . import REPO
 from .data_glue import check_window, data_facts, spec_of
 from .lit_module import EncodingModule
+from .placement import place_readouts
 from .predictor import SaveDataFacts
 from .preemption import SaveLast
 from .run_config import SECTIONS, RunConfig, TrainConfig, load_run_config, write_run_config
@@ -143,6 +144,8 @@ def main(argv=None) -> int:
     L.seed_everything(tc.seed, workers=True)
     out = a.out or REPO / "runs" / (a.model.stem if a.model is not None else cfg.model.name)
     module = EncodingModule.create(cfg.model, spec_of(dm.info), tc, run_config=cfg)
+    if a.resume is None and getattr(cfg.model, "readout_placement", "centre") == "rf_maps":
+        print(place_readouts(module.model, dm.info, progress=not a.no_progress), flush=True)
     trainer = make_trainer(tc, out, a)
     trainer.callbacks.append(SaveDataFacts(data_facts(dm.info)))  # for polar_model.load
     trainer.callbacks.append(SaveRunConfig(cfg, out / "config.yaml"))

@@ -1,0 +1,49 @@
+"""Place every session's Gaussian readout on its units' receptive fields before training,
+from the store's training split only (:mod:`polar_model.rf_maps`)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from polar_data.batches import DFS, ROBS, STIM, session_of
+from polar_data.store_info import StoreInfo
+from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+
+from ..rf_maps import RFMapper
+
+
+def rf_positions(info: StoreInfo, batch_size: int = 4, progress: bool = True
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per session: (positions ``[N, 2]`` in the readouts' [-1, 1] coordinates, x right and
+    y down; peak heights ``[N]``), from every clip of the **training** split."""
+    from tqdm.auto import tqdm
+
+    ds = ZarrWindows(info, "train", "clip")
+    sampler = LocalityBatchSampler(ds, batch_size, shuffle=False, drop_last=False, rank=0,
+                                   world_size=1)
+    mappers = [RFMapper(n, info.frame_hw, info.rate_hz) for n in info.n_units]
+    batches = list(sampler)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=identity)
+    for batch in tqdm(loader, total=len(batches), desc="placing readouts (RF maps)",
+                      disable=not progress):
+        mappers[session_of(batch)].update(batch[STIM], batch[ROBS], batch[DFS])
+    out = []
+    for s, m in enumerate(mappers):
+        if m.sums is None:
+            raise ValueError(f"session {info.sessions[s]} has no training clips to map")
+        out.append(m.positions())
+    return out
+
+
+def place_readouts(model: torch.nn.Module, info: StoreInfo, progress: bool = True) -> str:
+    """Move each session's readout (``model.readouts[s]``) to its units' RF peaks; returns a
+    one-line summary for the log."""
+    placed = rf_positions(info, progress=progress)
+    heights = []
+    for readout, (pos, height) in zip(model.readouts, placed):
+        readout.place(pos)
+        heights.append(height)
+    h = torch.cat(heights)
+    return (f"readouts placed on RF maps of the training split: {len(h)} units, peak height "
+            f"median {h.median():.1f} x its map's spread (min {h.min():.1f})")
