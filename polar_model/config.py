@@ -37,9 +37,8 @@ class PolarConfig:
     lambda_fix: float = 10.0        # amplitude relaxation rate in fixation (1/s)
     lambda_sac: float = 40.0        # ... during saccades (1/s)
     saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
-    readout_dim: int = 16           # per-level feature channels fed to the readout
-    readout_sigma: float = 0.25     # initial Gaussian std (fraction of the half-width)
-    readout_sigma_px: float | None = None  # if set: initial std in pixels of each level
+    readout_dim: int = 32           # per-level feature channels fed to the readout
+    readout_sigma_px: float = 1.5   # initial Gaussian std, in pixels of each level
     readout_weight_std: float | None = None  # None: 1 / sqrt(levels x readout_dim)
     readout_placement: Literal["rf_maps", "centre"] = "rf_maps"  # start positions: each
                                     # unit's RF peak on the training split, or the centre

@@ -68,12 +68,12 @@ class PolarV1(EncodingModel):
                           cfg.jepa_ema) if cfg.use_jepa else None)
 
     def readout_sigmas(self) -> list[float]:
-        """Initial mask std per level in the readouts' [-1, 1] units: ``readout_sigma`` for
-        all, or ``readout_sigma_px`` pixels of each level."""
-        px = self.cfg.readout_sigma_px
-        if px is None:
-            return [self.cfg.readout_sigma] * len(self.sizes)
-        return [px * 2.0 / (max(h, w) - 1) for h, w in self.sizes]
+        """Initial mask std per level in the readouts' [-1, 1] units: ``readout_sigma_px``
+        pixels of each level (a phase-sensitive response survives pooling only under a mask
+        narrower than its wavelength: 0.25 of the half-width, the old default, is 6 pixels
+        of level 0 and 0.2-0.25 of the oracle after 150 steps, against 0.32 at 1.5 pixels
+        with the readouts placed on the RF maps)."""
+        return [self.cfg.readout_sigma_px * 2.0 / (max(h, w) - 1) for h, w in self.sizes]
 
     def level_features(self, stim: torch.Tensor, beh: tuple | None, first: int = 0
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
