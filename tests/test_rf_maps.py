@@ -116,3 +116,22 @@ def test_placement_reads_the_training_split_only(monkeypatch, small_demo_store):
     for r, b in zip(model.readouts, before):
         assert not torch.allclose(r.mu, b)
         assert r.mu.abs().max() <= 0.95 + 1e-6
+
+
+def test_a_store_without_zarr_keeps_the_readouts_at_the_centre(tmp_path, small_demo_store):
+    """Shards-only stores (e.g. streamed from object storage) train without placement."""
+    import shutil
+
+    from polar_data.store_info import StoreInfo
+    from polar_model.config import PolarConfig
+    from polar_model.factory import build_model
+    from polar_model.training.data_glue import spec_of
+    from polar_model.training.placement import place_readouts
+
+    store = tmp_path / "store"
+    shutil.copytree(small_demo_store, store, ignore=shutil.ignore_patterns("zarr", "sessions"))
+    info = StoreInfo.load(str(store))
+    model = build_model(PolarConfig(use_behavior=False, n_levels=3), spec_of(info))
+    before = [r.mu.clone() for r in model.readouts]
+    assert "crop centre" in place_readouts(model, info, progress=False)
+    assert all(torch.equal(r.mu, b) for r, b in zip(model.readouts, before))

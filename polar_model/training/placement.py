@@ -3,6 +3,8 @@ from the store's training split only (:mod:`polar_model.rf_maps`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -38,7 +40,11 @@ def rf_positions(info: StoreInfo, batch_size: int = 4, progress: bool = True
 
 def place_readouts(model: torch.nn.Module, info: StoreInfo, progress: bool = True) -> str:
     """Move each session's readout (``model.readouts[s]``) to its units' RF peaks; returns a
-    one-line summary for the log."""
+    one-line summary for the log. A store without a local Zarr part (shards only, or a
+    remote URL) keeps the readouts at the crop centre, and the line says so."""
+    if not (Path(info.base) / "zarr").is_dir():
+        return (f"readouts start at the crop centre: {info.base} has no local Zarr part "
+                "(placement reads the training split through Zarr)")
     placed = rf_positions(info, progress=progress)
     heights = []
     for readout, (pos, height) in zip(model.readouts, placed):
