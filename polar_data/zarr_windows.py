@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batches import Batch, collate, pad_clip, sample
 from .manifest import check_chunk_files
@@ -244,3 +244,14 @@ class LocalityBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def every_clip(info: StoreInfo, split: str, batch_size: int
+               ) -> tuple[ZarrWindows, list[list[int]], DataLoader]:
+    """Every clip of ``split`` exactly once, in index order, on this process alone (no
+    rank split): the dataset, its batches (lists of index entries, one session each) and a
+    loader yielding those batches in the same order. For evaluation and readout placement."""
+    ds = ZarrWindows(info, split, "clip")
+    batches = list(LocalityBatchSampler(ds, batch_size, shuffle=False, drop_last=False,
+                                        rank=0, world_size=1))
+    return ds, batches, DataLoader(ds, batch_sampler=batches, collate_fn=identity)

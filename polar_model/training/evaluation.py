@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from polar_data.batches import DFS, END, TRUE_RATE, Batch, session_of
 from polar_data.store_info import StoreInfo
-from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.zarr_windows import every_clip
 
 from ..metrics import bits_per_spike, oracle_bps, summarize_bps
 
@@ -50,9 +49,7 @@ def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, spl
     from polar_data.zarr_store import open_store
 
     root = open_store(f"{info.base}/zarr")
-    ds = ZarrWindows(info, split, "clip")
-    sampler = LocalityBatchSampler(ds, batch_size, shuffle=False, drop_last=False, rank=0,
-                                   world_size=1)
+    ds, batches, loader = every_clip(info, split, batch_size)
     out = []
     for s, name in enumerate(info.sessions):
         T, N = int(root[name].attrs["n_bins"]), info.n_units[s]
@@ -62,8 +59,6 @@ def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, spl
                                       else None))
     # Each clip's real targets are bins start .. start + n - 1 (ds.index / ds.n_targets), its
     # outputs 0 .. n - 1; padding (and masked targets at any position) never moves them.
-    batches = list(sampler)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=identity)
     with torch.no_grad():
         for idx, batch in zip(batches, tqdm(loader, desc=f"predict {split}",
                                             disable=not progress)):

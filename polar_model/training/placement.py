@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from polar_data.batches import DFS, ROBS, STIM, session_of
 from polar_data.store_info import StoreInfo
-from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.zarr_windows import every_clip
 
 from ..rf_maps import RFMapper
 
@@ -21,12 +20,8 @@ def rf_positions(info: StoreInfo, batch_size: int = 4, progress: bool = True
     y down; peak heights ``[N]``), from every clip of the **training** split."""
     from tqdm.auto import tqdm
 
-    ds = ZarrWindows(info, "train", "clip")
-    sampler = LocalityBatchSampler(ds, batch_size, shuffle=False, drop_last=False, rank=0,
-                                   world_size=1)
+    _, batches, loader = every_clip(info, "train", batch_size)
     mappers = [RFMapper(n, info.frame_hw, info.rate_hz) for n in info.n_units]
-    batches = list(sampler)
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=identity)
     for batch in tqdm(loader, total=len(batches), desc="placing readouts (RF maps)",
                       disable=not progress):
         mappers[session_of(batch)].update(batch[STIM], batch[ROBS], batch[DFS])

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     L.seed_everything(tc.seed, workers=True)
     out = a.out or REPO / "runs" / (a.model.stem if a.model is not None else cfg.model.name)
     module = EncodingModule.create(cfg.model, spec_of(dm.info), tc, run_config=cfg)
-    if a.resume is None and getattr(cfg.model, "readout_placement", "centre") == "rf_maps":
+    if a.resume is None and cfg.model.readout_placement == "rf_maps":
         print(place_readouts(module.model, dm.info, progress=not a.no_progress), flush=True)
     trainer = make_trainer(tc, out, a)
     trainer.callbacks.append(SaveDataFacts(data_facts(dm.info)))  # for polar_model.load
