@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa"]
+CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa",
+           "full+recompute"]  # +recompute: the dynamics' per-step states recomputed in backward
 
 
 def one(name: str, steps: int, batch: int, window: int) -> dict:
@@ -36,7 +37,11 @@ def one(name: str, steps: int, batch: int, window: int) -> dict:
     torch.manual_seed(0)
     spec = DataSpec(window, 120.0, (51, 51), 12.75, (32,), (tuple([0.05] * 32),), ("s",))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    m = build_model(load_model_config(ROOT / f"configs/model/{name}.yaml"), spec).train()
+    config, _, option = name.partition("+")
+    cfg = load_model_config(ROOT / f"configs/model/{config}.yaml")
+    if option:
+        setattr(cfg, option, True)
+    m = build_model(cfg, spec).train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     stim = torch.randn(batch, 1, window, 51, 51)
     gaze = torch.cumsum(torch.randn(batch, window, 2) * 0.05, 1)
@@ -80,10 +85,10 @@ def main(argv=None) -> int:
     base = rows[0]
     print(f"train step (fwd + bwd + AdamW), CPU, batch {a.batch}, 51x51, window {a.window}, "
           f"median of {a.steps} steps")
-    print(f"{'config':<13}{'params':>10}{'x base':>8}{'step ms':>10}{'x base':>8}"
+    print(f"{'config':<16}{'params':>10}{'x base':>8}{'step ms':>10}{'x base':>8}"
           f"{'peak MB':>10}{'x base':>8}")
     for r in rows:
-        print(f"{r['name']:<13}{r['params']:>10,}{r['params'] / base['params']:>8.3f}"
+        print(f"{r['name']:<16}{r['params']:>10,}{r['params'] / base['params']:>8.3f}"
               f"{r['ms']:>10.0f}{r['ms'] / base['ms']:>8.2f}{r['peak_mb']:>10.0f}"
               f"{r['peak_mb'] / base['peak_mb']:>8.2f}")
     return 0

@@ -38,14 +38,19 @@ class PolarDynamics(nn.Module):
         """(lambda_fix, lambda_sac) in 1/s."""
         return F.softplus(self._lam)
 
-    def forward(self, amp, cos_o, sin_o, k_pix=None, q=None, v_pix=None, gamma=None, rho=None):
-        """amp, cos_o, sin_o: observed polar responses ``[B, T, M, H, W]``.
-        Behaviour (all or none): ``k_pix`` [M, 2] cycles/pixel (x, y down), ``q`` [B, T, 1],
-        ``v_pix`` [B, T, 2] pixels/s (x right, y down), ``gamma``/``rho`` [B, T, M].
+    def forward(self, amp, cos_o, sin_o, k_pix=None, q=None, v_pix=None, gamma=None, rho=None,
+                state=None):
+        """amp, cos_o, sin_o: observed polar responses ``[B, T, M, H, W]``, or sequences of T
+        steps ``[B, M, H, W]``. Behaviour (all or none): ``k_pix`` [M, 2] cycles/pixel (x, y
+        down), ``q`` [B, T, 1], ``v_pix`` [B, T, 2] pixels/s (x right, y down),
+        ``gamma``/``rho`` [B, T, M]. ``state``: the (A, cos, sin) after the step before the
+        first, to continue a sequence run in chunks; None starts from the first observation.
         Returns A, cos, sin, E, each a list over the T steps of ``[B, M, H, W]`` (lists, not
-        stacked tensors: per-step slicing in a loop would cost a full-size gradient each).
+        stacked tensors: per-step slicing in a loop would cost a full-size gradient each),
+        and the state after the last step.
         """
-        B, T, M = amp.shape[:3]
+        amps, coss, sins = _steps(amp), _steps(cos_o), _steps(sin_o)
+        B, T = amps[0].shape[0], len(amps)
         lam_fix, lam_sac = self.rates
         if q is None:
             decay = torch.exp(-lam_fix * self.dt).expand(B, T, 1)
@@ -53,14 +58,17 @@ class PolarDynamics(nn.Module):
         else:
             decay = torch.exp(-((1 - q) * lam_fix + q * lam_sac) * self.dt)  # [B, T, 1]
             dphi = gamma * 2 * math.pi * (v_pix @ k_pix.t()) * self.dt + rho  # [B, T, M]
-        amps, coss, sins = amp.unbind(1), cos_o.unbind(1), sin_o.unbind(1)
         decays = decay[..., None, None].unbind(1)
         if dphi is not None:
             cds = torch.cos(dphi)[..., None, None].unbind(1)
             sds = torch.sin(dphi)[..., None, None].unbind(1)
-        A, c, s = amps[0], coss[0], sins[0]
-        As, cs, ss, es = [A], [c], [s], [torch.zeros_like(A)]
-        for t in range(1, T):
+        As, cs, ss, es = [], [], [], []
+        if state is None:
+            A, c, s = amps[0], coss[0], sins[0]
+            As, cs, ss, es = [A], [c], [s], [torch.zeros_like(A)]
+        else:
+            A, c, s = state
+        for t in range(len(As), T):
             r = decays[t]
             if dphi is not None:
                 cd, sd = cds[t], sds[t]
@@ -74,4 +82,9 @@ class PolarDynamics(nn.Module):
             As.append(A)
             cs.append(c)
             ss.append(s)
-        return As, cs, ss, es
+        return As, cs, ss, es, (A, c, s)
+
+
+def _steps(x) -> list[torch.Tensor]:
+    """``[B, T, ...]`` -> T tensors ``[B, ...]``; a sequence of steps is kept as it is."""
+    return list(x.unbind(1)) if torch.is_tensor(x) else list(x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .base import EncodingModel, ModelOutput
 from .config import PolarConfig
@@ -17,6 +18,8 @@ from .quadrature import QuadratureFilterBank
 from .readout import MultiLevelGaussianReadout
 from .spec import DataSpec
 from .summary import TemporalSummarizer, static_features
+
+RECOMPUTE_STEPS = 4  # time steps per checkpointed chunk with ``recompute``
 
 
 class PolarV1(EncodingModel):
@@ -90,26 +93,61 @@ class PolarV1(EncodingModel):
             hw = even.shape[-2:]
             even = even.view(B, S, -1, *hw)
             odd = odd.view(B, S, -1, *hw)
-            amp, c, s = polar_decompose(even, odd)
             if not self.recurrent:
-                f, p = static_features(amp, even, odd, first)
+                f, p = static_features(polar_decompose(even, odd)[0], even, odd, first)
                 out.append(f)
                 pooled.append(p)
                 continue
-            if beh is None:
-                A, cs, ss, err = self.dynamics(amp, c, s)
-            else:
+            drive = ()
+            if beh is not None:
                 q, v_eff, gamma, rho = beh
                 M = self.cfg.n_pairs
                 ppd = self.spec.ppd / 2**level
                 v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up -> rows
                 sl = slice(level * M, (level + 1) * M)
-                A, cs, ss, err = self.dynamics(amp, c, s, bank.k(), q, v_pix, gamma[..., sl],
-                                               rho[..., sl])
-            f, p = self.summarizer(amp, even, odd, A, cs, ss, err, first, pool)
+                drive = (bank.k(), q, v_pix, gamma[..., sl], rho[..., sl])
+            f, p = self._recur(even, odd, first, pool, drive)
             out.append(f)
             pooled.append(p)
         return out, (pooled if pool else None)
+
+    def _recur(self, even, odd, first: int, pool: bool, drive: tuple):
+        """One level's polar decomposition, dynamics (driven by ``drive`` = (k, q, v_pix,
+        gamma, rho), or none) and temporal summaries, from its quadrature responses
+        ``[B, T, M, H, W]``: (features of steps ``first ..``, spatial means or None).
+
+        With ``recompute`` (in training), time runs in chunks of ``RECOMPUTE_STEPS`` steps,
+        each under activation checkpointing with the state carried: backward keeps only the
+        chunks' inputs, states and outputs and recomputes one chunk's per-step states at a
+        time (exact: same loss and gradients)."""
+        T = even.shape[1]
+        chunk = T
+        if self.cfg.recompute and torch.is_grad_enabled():
+            chunk = RECOMPUTE_STEPS
+        steps = [x.unbind(1) for x in (even, odd)]  # one unbind: no per-chunk full-size
+        k_pix, *per_step = drive or (None,)         # slice gradients
+        feats, pooled, state = [], [], (None, None)
+        for t0 in range(0, T, chunk):
+            sl = slice(t0, t0 + chunk)
+            args = ([x[sl] for x in steps], first - t0, pool, state,
+                    (k_pix, *(x[:, sl] for x in per_step)) if drive else ())
+            if chunk < T:
+                f, p, state = checkpoint(self._chunk, *args, use_reentrant=False)
+            else:
+                f, p, state = self._chunk(*args)
+            if f is not None:
+                feats.append(f)
+            if p is not None:
+                pooled.append(p)
+        return torch.cat(feats, 1), torch.cat(pooled, 1) if pooled else None
+
+    def _chunk(self, steps, first, pool, state, drive):
+        even, odd = steps
+        amp, c, s = zip(*(polar_decompose(e, o) for e, o in zip(even, odd)))
+        A, cs, ss, err, dyn_state = self.dynamics(amp, c, s, *drive, state=state[0])
+        f, p, sum_state = self.summarizer(amp, even, odd, A, cs, ss, err, max(first, 0), pool,
+                                          state=state[1])
+        return f, p, (dyn_state, sum_state)
 
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
         S = self.check(stim, behavior, session)

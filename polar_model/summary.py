@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dynamics import _steps
+
 
 class TemporalSummarizer(nn.Module):
     """Per level: 9 features per pair and pixel at every step (oldest first, causal).
@@ -26,22 +28,29 @@ class TemporalSummarizer(nn.Module):
         self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
 
     def forward(self, amp, even, odd, state_amp, state_cos, state_sin, phase_error,
-                first: int = 0, pool: bool = True):
-        """amp, even, odd: observed responses ``[B, T, M, H, W]``; state_amp, state_cos,
-        state_sin (the dynamics' amplitude and unit phase), phase_error: lists of T
-        ``[B, M, H, W]`` (:class:`~polar_model.dynamics.PolarDynamics`' outputs).
-        ``pool=False`` skips the spatial means (None; only JEPA uses them)."""
+                first: int = 0, pool: bool = True, state=None):
+        """amp, even, odd: observed responses ``[B, T, M, H, W]`` or sequences of T steps
+        ``[B, M, H, W]``; state_amp, state_cos, state_sin (the dynamics' amplitude and unit
+        phase), phase_error: sequences of T ``[B, M, H, W]``
+        (:class:`~polar_model.dynamics.PolarDynamics`' outputs). ``pool=False`` skips the
+        spatial means (None; only JEPA uses them). ``state``: the EMAs and the amplitude of
+        the step before the first, to continue a sequence run in chunks (None: start here).
+        Returns (features of steps ``first ..`` or None if there are none, means or None,
+        the state after the last step)."""
         fast, slow = torch.sigmoid(self._alpha)
-        amp, even, odd = amp.unbind(1), even.unbind(1), odd.unbind(1)
-        f_amp, s_amp, f_even, f_odd = amp[0], amp[0], even[0], odd[0]
+        amp, even, odd = _steps(amp), _steps(even), _steps(odd)
+        if state is None:
+            f_amp, s_amp, f_even, f_odd, prev = amp[0], amp[0], even[0], odd[0], amp[0]
+        else:
+            f_amp, s_amp, f_even, f_odd, prev = state
         outs, pooled = [], []
         for t in range(len(amp)):
-            if t:
+            if t or state is not None:
                 f_amp = fast * f_amp + (1 - fast) * amp[t]
                 s_amp = slow * s_amp + (1 - slow) * amp[t]
                 f_even = fast * f_even + (1 - fast) * even[t]
                 f_odd = fast * f_odd + (1 - fast) * odd[t]
-            change = amp[t] - amp[t - 1] if t else torch.zeros_like(f_amp)
+            change, prev = amp[t] - prev, amp[t]
             if t < first and not pool:
                 continue
             a = state_amp[t]
@@ -51,7 +60,9 @@ class TemporalSummarizer(nn.Module):
                 pooled.append(step.mean(dim=(-2, -1)))
             if t >= first:
                 outs.append(step)
-        return torch.stack(outs, 1), torch.stack(pooled, 1) if pool else None
+        return (torch.stack(outs, 1) if outs else None,
+                torch.stack(pooled, 1) if pool else None,
+                (f_amp, s_amp, f_even, f_odd, prev))
 
 
 def static_features(amp, even, odd, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

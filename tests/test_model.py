@@ -273,6 +273,41 @@ def test_mix_after_pooling_equals_a_1x1_conv_before_it():
     torch.testing.assert_close(readout(feats, mix), readout(conv_first), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["minimal", "full"])
+def test_recompute_gives_the_same_loss_and_gradients(name):
+    """``recompute: true`` (activation checkpointing of the dynamics + summaries) is exact:
+    the same loss and the same gradient for every parameter, and lower peak memory is its
+    only purpose (bench_model.py measures it)."""
+    stim, gaze = batch(S=W + 6)
+    grads = []
+    for recompute in (False, True):
+        m = model(name).train()
+        m.cfg.recompute = recompute
+        torch.manual_seed(1)  # JEPA's context draw
+        saved = []  # bytes autograd keeps for backward
+
+        def pack(t, saved=saved):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = m(stim, gaze, 0)
+        y = torch.poisson(torch.full_like(out.log_rate, 0.5),
+                          generator=torch.Generator().manual_seed(2))
+        loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
+        if out.jepa_loss is not None:
+            loss = loss + 0.5 * out.jepa_loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                                      if p.grad is not None}, sum(saved)))
+    (l0, g0, kept0), (l1, g1, kept1) = grads
+    assert kept1 < 0.5 * kept0, (kept1, kept0)
+    torch.testing.assert_close(l1, l0)
+    assert g0.keys() == g1.keys() and any(k.startswith("dynamics.") for k in g0)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
 def test_static_differs_from_minimal():
     a, b = model("static"), model("minimal")
     assert not hasattr(a, "dynamics") and hasattr(b, "dynamics")
