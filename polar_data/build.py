@@ -33,15 +33,15 @@ import json
 import multiprocessing as mp
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checksum import sha256_bytes, sha256_file
+from .checksum import default_threads, sha256_bytes, sha256_file
 from .data_config import DEFAULT_WINDOW_LEN, DataConfig
-from .manifest import MANIFEST, file_table, seal, write_json_atomic
+from .manifest import MANIFEST, seal, write_json_atomic
 from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
 from .session_source import chunk_bounds
@@ -211,9 +211,12 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
-               progress: bool = False) -> SessionResult:
+               progress: bool = False, threads: int | None = None) -> SessionResult:
     """Read, check and write one session's Zarr group; never raises: any exception is
-    reported in ``SessionResult.error`` with the source file and the exception's type."""
+    reported in ``SessionResult.error`` with the source file and the exception's type.
+    ``threads``: compression threads (default: one per core). The session's record in
+    ``parts/`` lists the bytes and sha256 of its frame chunk files, hashed as they were
+    written, for the manifest."""
     from .readers import open_session, source_sha256
     from .session_source import resample_factor, session_chunks
     from .zarr_store import write_session_group
@@ -249,7 +252,9 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
             chunks = tqdm(session_chunks(sess, factor, cfg.store.ingest_chunk_bins),
                           total=n_chunks, desc=src.rsplit("/", 1)[-1], leave=False,
                           disable=not progress)
-            attrs = write_session_group(named(chunks), tmp, window_len, cfg.store)
+            files: dict[str, tuple[int, str]] = {}
+            attrs = write_session_group(named(chunks), tmp, window_len, cfg.store,
+                                        threads=threads, files=files)
         if final.exists():  # an older copy (changed source, or crash before the marker)
             shutil.rmtree(final)
         tmp.replace(final)
@@ -263,7 +268,9 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
         record = {k: v for k, v in res.__dict__.items() if k not in ("skipped", "seconds")}
         part.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(part, {"source": _source_key(src), "sha256": digest, "name": name,
-                                 "result": record})
+                                 "result": record,
+                                 "files": {k: {"bytes": b, "sha256": h}
+                                           for k, (b, h) in sorted(files.items())}})
     except Exception as e:  # a malformed file may raise anything: report it, go on
         msg = str(e) if src in str(e) else f"{src}: {e}"
         res.error = f"{msg} ({type(e).__name__})"
@@ -272,13 +279,15 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
 
 def ingest(sources: list[str], cfg: DataConfig, window_len: int, out_dir: Path,
            job_index: int = 0, num_jobs: int = 1, workers: int = 1,
-           progress: bool = True) -> list[SessionResult]:
-    """Ingest this job's sources; a failed session is reported in its result, never raised."""
+           progress: bool = True, pool=None) -> list[SessionResult]:
+    """Ingest this job's sources; a failed session is reported in its result, never raised.
+    ``pool``: a pool from :func:`_pool` to use (default: one of ``workers`` for this call)."""
     mine = sources[job_index::num_jobs]
     results = []
-    with _pool(workers) as pool:
+    with _pool(workers, pool) as pool:
         futures = [pool.submit(ingest_one, str(s), cfg, window_len, str(out_dir),
-                               progress and workers == 1) for s in mine]
+                               progress and workers == 1, _threads(workers))
+                   for s in mine]
         for src, f in tqdm(list(zip(mine, futures)), desc="ingest sessions",
                            disable=not progress):
             try:
@@ -327,12 +336,12 @@ def _shard_inputs(rows, names: list[str], digests: dict[str, str], window_len: i
 
 
 def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
-               inputs: str) -> dict:
+               inputs: str, threads: int | None = None) -> dict:
     from .wds_shards import write_shard
 
     out = Path(out_dir)
     root = _open_sessions_root(out)
-    entry = write_shard(root, names, out / "wds" / name, rows, window_len)
+    entry = write_shard(root, names, out / "wds" / name, rows, window_len, threads=threads)
     entry["inputs"] = inputs
     write_json_atomic(out / "parts" / f"shard-{name}.json", entry)
     return entry
@@ -364,14 +373,28 @@ def _shard_done(out_dir: Path, name: str, inputs: str) -> bool:
 
 def write_shards(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int,
                  job_index: int = 0, num_jobs: int = 1, workers: int = 1,
-                 progress: bool = True) -> list[dict]:
-    """Write this job's shards whose content key changed (or that are missing)."""
+                 progress: bool = True, pool=None) -> list[dict]:
+    """Write this job's shards whose content key changed (or that are missing); ``pool`` as
+    for :func:`ingest`."""
     names, _, plan = shard_plan(out_dir, sources, cfg, window_len)
     (out_dir / "wds").mkdir(parents=True, exist_ok=True)
     todo = [p for p in plan[job_index::num_jobs] if not _shard_done(out_dir, p[0], p[2])]
     entries = []
-    with _pool(workers) as pool:
-        futures = [pool.submit(_shard_one, str(out_dir), n, rows, window_len, names, key)
+    with _pool(workers, pool) as pool:
+        if isinstance(pool, _InlinePool) and len(todo) > 1:
+            # one process: shards written side by side by threads, each shard's clips in
+            # order (a shard may hold a single clip); what each writes is unchanged
+            threads = ThreadPoolExecutor(default_threads())
+            try:
+                futures = [threads.submit(_shard_one, str(out_dir), n, rows, window_len,
+                                          names, key, 1) for n, rows, key in todo]
+                for f in tqdm(futures, desc="write shards", disable=not progress):
+                    entries.append(f.result())
+            finally:  # on an error (or Ctrl-C) the shards not started are not written
+                threads.shutdown(cancel_futures=True)
+            return entries
+        futures = [pool.submit(_shard_one, str(out_dir), n, rows, window_len, names, key,
+                               _threads(workers))
                    for n, rows, key in todo]
         for f in tqdm(futures, desc="write shards", disable=not progress):
             entries.append(f.result())
@@ -409,7 +432,9 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
             raise BuildError(f"{path}: shard missing or made from other sources; run "
                              "--stage shards for every job")
         entry = json.loads((out_dir / "parts" / f"shard-{n}.json").read_text())
-        entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+        size = path.stat().st_size
+        if entry.get("bytes") != size or not entry.get("sha256"):  # not hashed when written
+            entry.update(bytes=size, sha256=sha256_file(path))
         shards.append(entry)
     _remove_stale(out_dir, names, {n for n, _, _ in plan})
     sessions = {}
@@ -439,11 +464,34 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
         "sessions": sessions,
         "shards": shards,
         "n_samples": {s: sum(e["n_samples"] for e in shards if e["split"] == s) for s in SPLITS},
-        "zarr_files": file_table(out_dir / "zarr"),
+        "zarr_files": _zarr_file_table(out_dir, sources),
     }
     manifest = seal(manifest)
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def _zarr_file_table(out_dir: Path, sources: list[str]) -> dict[str, dict]:
+    """:func:`polar_data.manifest.file_table` of ``zarr/``, taking the sha256 of each frame
+    chunk file from its session's ingest record (hashed as it was written) while the file
+    still has the recorded size; every other file is read and hashed."""
+    known: dict[str, dict] = {}
+    for src in sources:
+        rec = json.loads(_part_path(out_dir, src).read_text())
+        name = session_folder_name(rec["name"], _part_path(out_dir, src))
+        for rel, info in rec.get("files", {}).items():
+            known[f"{name}/{rel}"] = info
+    folder = out_dir / "zarr"
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(folder).as_posix()
+            size = p.stat().st_size
+            info = known.get(rel)
+            out[rel] = ({"bytes": size, "sha256": info["sha256"]}
+                        if info and info["bytes"] == size
+                        else {"bytes": size, "sha256": sha256_file(p)})
+    return out
 
 
 # ----------------------------------------------------------------------------- all stages
@@ -460,22 +508,46 @@ def build_store(cfg: DataConfig, sources: list[str], window_len: int | None = No
     window_len = window_len or resolve_window_len(cfg)
     with build_lock(out, "all"):
         check_settings(out, settings(cfg, window_len))
-        failed = [r.error for r in ingest(sources, cfg, window_len, out, workers=workers,
-                                          progress=progress) if r.error]
-        if failed:
-            raise BuildError("; ".join(failed))
-        write_shards(out, sources, cfg, window_len, workers=workers, progress=progress)
+        with _pool(workers) as pool:  # one pool (worker start-up) for both stages
+            failed = [r.error for r in ingest(sources, cfg, window_len, out, workers=workers,
+                                              progress=progress, pool=pool) if r.error]
+            if failed:
+                raise BuildError("; ".join(failed))
+            write_shards(out, sources, cfg, window_len, workers=workers, progress=progress,
+                         pool=pool)
         return finalize(out, sources, cfg, window_len)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _pool(workers: int):
-    """A process pool (spawn: zarr's I/O threads do not survive fork), or an inline one."""
+def _pool(workers: int, shared=None):
+    """A process pool (spawn: zarr's I/O threads do not survive fork), or an inline one;
+    ``shared``: an open pool to use instead (left open)."""
+    if shared is not None:
+        return _Borrowed(shared)
     if workers <= 1:
         return _InlinePool()
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+
+
+def _threads(workers: int) -> int:
+    """Compression threads per worker process: the cores shared among the workers, at
+    least 2 (so a worker's reading overlaps its compression)."""
+    return max(2, -(-default_threads() // max(1, workers)))
+
+
+class _Borrowed:
+    """A pool used by one stage and closed by its owner."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def __enter__(self):
+        return self._pool
+
+    def __exit__(self, *exc):
+        return False
 
 
 class _Lazy:
