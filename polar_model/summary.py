@@ -33,8 +33,8 @@ class TemporalSummarizer(nn.Module):
         ``[B, M, H, W]``; state_amp, state_cos, state_sin (the dynamics' amplitude and unit
         phase), phase_error: sequences of T ``[B, M, H, W]``
         (:class:`~polar_model.dynamics.PolarDynamics`' outputs). ``pool=False`` skips the
-        spatial means (None; only JEPA uses them). ``state``: the EMAs and the amplitude of
-        the step before the first, to continue a sequence run in chunks (None: start here).
+        spatial means (None; only JEPA uses them). ``state``: what the step before the first
+        left (EMAs and amplitude), to continue a sequence run in chunks (None: start here).
         Returns (features of steps ``first ..`` or None if there are none, means or None,
         the state after the last step)."""
         fast, slow = torch.sigmoid(self._alpha)

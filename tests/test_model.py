@@ -33,9 +33,12 @@ def spec(window=W, hw=(27, 27), n_units=(6,)):
                     session_names=tuple(f"s{i}" for i in range(len(n_units))))
 
 
-def model(name, **kw):
+def model(name, overrides=None, **kw):
     torch.manual_seed(0)
-    return build_model(load_model_config(ROOT / f"configs/model/{name}.yaml"), spec(**kw))
+    cfg = load_model_config(ROOT / f"configs/model/{name}.yaml")
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
+    return build_model(cfg, spec(**kw))
 
 
 def batch(B=2, S=W + 3, hw=27, seed=0, saccade=True):
@@ -281,8 +284,7 @@ def test_recompute_gives_the_same_loss_and_gradients(name):
     stim, gaze = batch(S=W + 6)
     grads = []
     for recompute in (False, True):
-        m = model(name).train()
-        m.cfg.recompute = recompute
+        m = model(name, {"recompute": recompute}).train()
         torch.manual_seed(1)  # JEPA's context draw
         saved = []  # bytes autograd keeps for backward
 

@@ -258,11 +258,19 @@ def test_training_learns_what_the_data_hold(tmp_path, small_demo_store):
 
 def test_heads_train_at_their_own_learning_rate():
     """head_lr_mult: readouts and saccade gains at lr x mult, everything else at lr; every
-    trainable parameter in exactly one group."""
+    trainable parameter in exactly one group. Weight decay reaches weight matrices and the
+    readouts' feature weights, never positions, mask widths or biases."""
     cfg = load_model_config(ROOT / "configs/model/behavior.yaml")
-    mod = EncodingModule.create(cfg, _spec(), TrainConfig(lr=1e-3, head_lr_mult=30.0))
+    mod = EncodingModule.create(cfg, _spec(), TrainConfig(lr=1e-3, head_lr_mult=30.0,
+                                                          weight_decay=0.1))
     opt = mod.configure_optimizers()["optimizer"]
     lr_of = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    readout = mod.model.readouts[0]
+    assert decay_of[id(readout.weight)] == 0.1 and decay_of[id(mod.model.mix[0].weight)] == 0.1
+    for p in (readout._mu, readout.log_sigma, readout._corr, readout.bias,
+              mod.model.gaze.pos_freqs):
+        assert decay_of[id(p)] == 0.0
     named = [(n, p) for n, p in mod.model.named_parameters() if p.requires_grad]
     assert len(lr_of) == len(named) == sum(len(g["params"]) for g in opt.param_groups)
     for n, p in named:

@@ -189,7 +189,9 @@ class EncodingModule(L.LightningModule):
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            decay = p.ndim >= 2 and not name.endswith("bias")
+            # weight matrices and the readouts' feature weights only: never positions,
+            # mask widths, correlations or frequencies (decay would pull them to 0)
+            decay = p.ndim >= 2 and name.endswith("weight")
             head = name.startswith(("saccade_gain.", "readouts."))
             groups.setdefault((decay, head), []).append(p)
         opt = torch.optim.AdamW(
