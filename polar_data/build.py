@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import shutil
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from .typed_yaml import to_dict
 from .zarr_store import open_root, stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")
+_COMMIT = threading.Lock()  # sessions ingested side by side replace final folders one by one
 
 
 class BuildError(RuntimeError):
@@ -237,7 +239,9 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
             name = session_folder_name(sess.name, src)
             factor = resample_factor(sess.rate_hz, cfg.store.target_rate_hz, src)
             final = inside(out, out / "zarr" / name)
-            tmp = inside(out, out / ".partial" / name)
+            # one temporary folder per source: sessions ingested side by side may share a
+            # name (an error reported once both are done, as when they run one by one)
+            tmp = inside(out, out / ".partial" / f"{name}.{_part_path(out, src).stem}")
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -255,9 +259,10 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
             files: dict[str, tuple[int, str]] = {}
             attrs = write_session_group(named(chunks), tmp, window_len, cfg.store,
                                         threads=threads, files=files)
-        if final.exists():  # an older copy (changed source, or crash before the marker)
-            shutil.rmtree(final)
-        tmp.replace(final)
+        with _COMMIT:
+            if final.exists():  # an older copy (changed source, or crash before the marker)
+                shutil.rmtree(final)
+            tmp.replace(final)
         res.name = name
         res.n_bins, res.n_units = attrs["n_bins"], attrs["n_units"]
         res.frame_bytes = int(attrs["pixel_stats"]["count"])
@@ -285,16 +290,26 @@ def ingest(sources: list[str], cfg: DataConfig, window_len: int, out_dir: Path,
     mine = sources[job_index::num_jobs]
     results = []
     with _pool(workers, pool) as pool:
-        futures = [pool.submit(ingest_one, str(s), cfg, window_len, str(out_dir),
-                               progress and workers == 1, _threads(workers))
-                   for s in mine]
-        for src, f in tqdm(list(zip(mine, futures)), desc="ingest sessions",
-                           disable=not progress):
-            try:
-                results.append(f.result())
-            except Exception as e:  # the worker process itself died
-                results.append(SessionResult(source=str(src),
-                                             error=f"{src}: {e} ({type(e).__name__})"))
+        side_by_side = None
+        if isinstance(pool, _InlinePool) and len(mine) > 1 and default_threads() > 1:
+            # one process: two sessions at a time, so that one's reading (which holds the
+            # GIL) overlaps the other's compression; each writes only its own files
+            side_by_side = pool = ThreadPoolExecutor(2)
+        try:
+            futures = [pool.submit(ingest_one, str(s), cfg, window_len, str(out_dir),
+                                   progress and workers == 1 and side_by_side is None,
+                                   _threads(workers))
+                       for s in mine]
+            for src, f in tqdm(list(zip(mine, futures)), desc="ingest sessions",
+                               disable=not progress):
+                try:
+                    results.append(f.result())
+                except Exception as e:  # the worker process itself died
+                    results.append(SessionResult(source=str(src),
+                                                 error=f"{src}: {e} ({type(e).__name__})"))
+        finally:
+            if side_by_side is not None:  # on Ctrl-C: the sessions not started are not
+                side_by_side.shutdown(cancel_futures=True)
     by_name: dict[str, list[str]] = {}
     for r in results:
         if r.name:
@@ -336,12 +351,13 @@ def _shard_inputs(rows, names: list[str], digests: dict[str, str], window_len: i
 
 
 def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
-               inputs: str, threads: int | None = None) -> dict:
+               inputs: str, threads: int | None = None, readers: dict | None = None) -> dict:
     from .wds_shards import write_shard
 
     out = Path(out_dir)
     root = _open_sessions_root(out)
-    entry = write_shard(root, names, out / "wds" / name, rows, window_len, threads=threads)
+    entry = write_shard(root, names, out / "wds" / name, rows, window_len, threads=threads,
+                        readers=readers)
     entry["inputs"] = inputs
     write_json_atomic(out / "parts" / f"shard-{name}.json", entry)
     return entry
@@ -385,9 +401,10 @@ def write_shards(out_dir: Path, sources: list[str], cfg: DataConfig, window_len:
             # one process: shards written side by side by threads, each shard's clips in
             # order (a shard may hold a single clip); what each writes is unchanged
             threads = ThreadPoolExecutor(default_threads())
+            readers: dict = {}  # each session group opened once for all shards
             try:
                 futures = [threads.submit(_shard_one, str(out_dir), n, rows, window_len,
-                                          names, key, 1) for n, rows, key in todo]
+                                          names, key, 1, readers) for n, rows, key in todo]
                 for f in tqdm(futures, desc="write shards", disable=not progress):
                     entries.append(f.result())
             finally:  # on an error (or Ctrl-C) the shards not started are not written

@@ -105,62 +105,68 @@ def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
     return plan
 
 
-class FrameFiles:
-    """Frames ``a .. b-1`` of a session's ``stim`` array read from its chunk files directly
-    (``numcodecs`` zstd, which releases the GIL), the same bytes as ``array[a:b]`` without
-    Zarr's per-call machinery (3x the CPU time of the decoding). Only for the layout
-    :func:`polar_data.zarr_store.write_session_group` writes on a local disk: uint8, chunked
-    along time only, ``bytes`` + ``zstd`` codecs, fill value 0; :meth:`of` returns None for
-    anything else (read through Zarr then). A missing chunk file reads as the fill value, as
-    in Zarr."""
+class ChunkFiles:
+    """Rows ``a .. b-1`` of an array of a session group read from its chunk files directly
+    (``numcodecs`` zstd, which releases the GIL): the values of ``array[a:b]`` without
+    Zarr's per-call machinery (3x the CPU time of the decoding for frames, ~10 ms per read
+    of a small array). Only for the layout :func:`polar_data.zarr_store.write_session_group`
+    writes on a local disk: chunked along the first axis only, ``bytes`` (little-endian) +
+    ``zstd`` codecs, default chunk keys; :meth:`of` returns None for anything else (read
+    through Zarr then). A missing chunk file reads as the fill value, as in Zarr."""
 
     def __init__(self, folder: Path, metadata):
         self.folder, self.meta = folder, metadata
         self.rows = int(metadata.chunk_grid.chunk_shape[0])
-        self.frame_hw = tuple(int(x) for x in metadata.shape[1:])
-        self.n_bins = int(metadata.shape[0])
+        self.row_shape = tuple(int(x) for x in metadata.shape[1:])
+        self.n_rows = int(metadata.shape[0])
+        self.dtype = np.dtype(metadata.data_type.to_native_dtype()).newbyteorder("<")
+        self.fill = metadata.fill_value
         self.codec = numcodecs.Zstd()
 
     @classmethod
-    def of(cls, array) -> FrameFiles | None:
+    def of(cls, array) -> ChunkFiles | None:
         from zarr.codecs import BytesCodec, ZstdCodec
         from zarr.core.chunk_grids import RegularChunkGrid
+        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
         from zarr.storage import LocalStore
 
         meta = array.metadata
         ok = (isinstance(array.store, LocalStore) and meta.zarr_format == 3
-              and len(meta.shape) == 3 and str(meta.data_type.to_native_dtype()) == "uint8"
-              and isinstance(meta.chunk_grid, RegularChunkGrid)
+              and len(meta.shape) >= 1 and isinstance(meta.chunk_grid, RegularChunkGrid)
+              and isinstance(meta.chunk_key_encoding, DefaultChunkKeyEncoding)
               and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(meta.shape[1:])
               and len(meta.codecs) == 2 and isinstance(meta.codecs[0], BytesCodec)
-              and isinstance(meta.codecs[1], ZstdCodec) and meta.fill_value == 0)
+              and str(getattr(meta.codecs[0].endian, "value", "little")) == "little"
+              and isinstance(meta.codecs[1], ZstdCodec))
         return cls(Path(array.store.root) / array.path, meta) if ok else None
 
     def __call__(self, a: int, b: int) -> np.ndarray:
-        if not 0 <= a <= b <= self.n_bins:
-            raise IndexError(f"{self.folder}: frames {a}..{b} of {self.n_bins}")
+        if not 0 <= a <= b <= self.n_rows:
+            raise IndexError(f"{self.folder}: rows {a}..{b} of {self.n_rows}")
         c = self.rows
-        out = np.empty((b - a, *self.frame_hw), np.uint8)
+        out = np.empty((b - a, *self.row_shape), self.dtype)
+        zeros = (0,) * len(self.row_shape)
         for k in range(a // c, -(-b // c)):
             lo, hi = max(a, k * c), min(b, (k + 1) * c)
             try:
-                raw = (self.folder / self.meta.encode_chunk_key((k, 0, 0))).read_bytes()
+                raw = (self.folder / self.meta.encode_chunk_key((k, *zeros))).read_bytes()
             except FileNotFoundError:
-                out[lo - a : hi - a] = 0
+                out[lo - a : hi - a] = self.fill
                 continue
             if lo == k * c and hi == (k + 1) * c:  # a whole chunk: decoded in place
                 self.codec.decode(raw, out=out[lo - a : hi - a])
             else:
-                chunk = np.frombuffer(self.codec.decode(raw), np.uint8)
-                chunk = chunk.reshape(c, *self.frame_hw)
+                chunk = np.frombuffer(self.codec.decode(raw), self.dtype)
+                chunk = chunk.reshape(c, *self.row_shape)
                 out[lo - a : hi - a] = chunk[lo - k * c : hi - k * c]
-        return out
+        return out.astype(self.dtype.newbyteorder("="), copy=False)
 
 
 class GroupReader:
     """One session group opened once: its arrays and the attributes clips need (opening a
     group or an array reads its metadata from disk; a shard reads hundreds of clips).
-    ``frames(a, b)``: frames ``a .. b-1`` (from the chunk files, see :class:`FrameFiles`)."""
+    ``read(name, a, b)``: rows ``a .. b-1`` of an array (from the chunk files, see
+    :class:`ChunkFiles`, else through Zarr)."""
 
     def __init__(self, group):
         attrs = dict(group.attrs)
@@ -169,18 +175,21 @@ class GroupReader:
         names = ["stim", "eyepos", "t", "robs", "dfs"] + (["true_rate"] if self.has_true_rate
                                                           else [])
         self.arrays = {n: group[n] for n in names}
-        files = FrameFiles.of(self.arrays["stim"])
-        self.frames = files if files is not None else (lambda a, b: self.arrays["stim"][a:b])
+        self.files = {n: ChunkFiles.of(a) for n, a in self.arrays.items()}
 
     def __getitem__(self, name: str):
         return self.arrays[name]
+
+    def read(self, name: str, a: int, b: int) -> np.ndarray:
+        files = self.files[name]
+        return files(a, b) if files is not None else self.arrays[name][a:b]
 
 
 def encode_clip(g: GroupReader, session_index: int, split: str, start: int, n_targets: int,
                 window_len: int) -> dict:
     """Read one clip from session ``g`` and encode it as a WebDataset sample dict."""
     a, b = start - (window_len - 1), start + n_targets
-    stim = g.frames(a, b)
+    stim = g.read("stim", a, b)
     meta = {
         "session": g.name, "session_index": int(session_index), "split": split,
         "start": int(start), "n_targets": int(n_targets), "window_len": int(window_len),
@@ -190,13 +199,13 @@ def encode_clip(g: GroupReader, session_index: int, split: str, start: int, n_ta
         "__key__": f"{session_index:04d}_{start:09d}",
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
         "stim.npy.zst": _npy(stim),
-        "eyepos.npy.zst": _npy(g["eyepos"][a:b]),
-        "t.npy.zst": _npy(g["t"][a:b]),
-        "robs.npy.zst": _npy(g["robs"][start:b]),
-        "dfs.npy.zst": _npy(g["dfs"][start:b]),
+        "eyepos.npy.zst": _npy(g.read("eyepos", a, b)),
+        "t.npy.zst": _npy(g.read("t", a, b)),
+        "robs.npy.zst": _npy(g.read("robs", start, b)),
+        "dfs.npy.zst": _npy(g.read("dfs", start, b)),
     }
     if g.has_true_rate:
-        sample["true_rate.npy.zst"] = _npy(g["true_rate"][start:b])
+        sample["true_rate.npy.zst"] = _npy(g.read("true_rate", start, b))
     return sample
 
 
@@ -281,20 +290,27 @@ def _in_order(fn, jobs, threads: int):
 
 
 def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
-                window_len: int, threads: int | None = None) -> dict:
+                window_len: int, threads: int | None = None,
+                readers: dict | None = None) -> dict:
     """Write one shard (under a temporary name, renamed when complete). Returns its entry
     for the manifest: name, samples, owned targets, per-session sample counts, and the
     shard's bytes and sha256 (hashed as it is written).
 
     Clips are read and compressed by ``threads`` threads (default: one per core; zstd and
     Zarr's decoding release the GIL) and written in ``rows`` order, so the file is the
-    same whatever the number of threads."""
+    same whatever the number of threads. ``readers``: {session name: GroupReader} kept by
+    the caller across the shards of one stage (each group opened once)."""
     part = shard_path.with_name(shard_path.name + ".partial")
     split = shard_path.name.split("-")[0]
     owned = 0
     per_session: dict[str, int] = {}
     digests: dict[str, str] = {}
-    groups = {int(i): GroupReader(root[names[int(i)]]) for i in np.unique(rows[:, 0])}
+    readers = {} if readers is None else readers
+    groups = {}
+    for i in np.unique(rows[:, 0]).tolist():
+        if names[i] not in readers:
+            readers[names[i]] = GroupReader(root[names[i]])
+        groups[i] = readers[names[i]]
     jobs = ((groups[int(sess)], int(sess), split, int(start), int(n), window_len)
             for sess, start, n in rows)
     with open(part, "wb") as f:

@@ -15,7 +15,7 @@ import zarr
 from polar_data.checksum import HashingWriter, sha256_file
 from polar_data.session_source import session_chunks
 from polar_data.wds_shards import (
-    FrameFiles,
+    ChunkFiles,
     GroupReader,
     encode_clip,
     sample_digest,
@@ -105,20 +105,32 @@ def test_threads_do_not_change_a_session_group(tmp_path, tiny_sources):
     assert trees[0] == trees[1]
 
 
-def test_frame_files_read_what_zarr_reads(tmp_path):
+def test_chunk_files_read_what_zarr_reads(tmp_path):
     rng = np.random.default_rng(2)
     data = rng.integers(0, 256, (37, 5, 6), dtype=np.uint8)
     data[8:16] = 0  # chunk 2 not stored
     g = _zarr_reference(tmp_path / "g", data, 4)
     assert not (tmp_path / "g" / "stim" / "c" / "2").exists()
-    frames = FrameFiles.of(g["stim"])
+    frames = ChunkFiles.of(g["stim"])
     assert frames is not None
     for a, b in [(0, 37), (0, 4), (3, 9), (8, 16), (4, 12), (35, 37), (36, 36), (10, 11)]:
         np.testing.assert_array_equal(frames(a, b), data[a:b])
     with pytest.raises(IndexError):
         frames(30, 38)
-    other = g.create_array("f", shape=(8, 2), chunks=(4, 2), dtype=np.float32)
-    assert FrameFiles.of(other) is None  # not the frame layout: read through Zarr
+    for dtype in (np.float32, np.float64, np.int32, np.int64, bool):
+        x = (rng.normal(size=(29, 3)) * 5).astype(dtype)
+        x[4:8] = 0  # a chunk equal to the fill value: no file
+        arr = g.create_array(f"a_{np.dtype(dtype).name}", shape=x.shape, chunks=(4, 3),
+                             dtype=dtype, compressors=zarr.codecs.ZstdCodec(level=3))
+        arr[...] = x
+        files = ChunkFiles.of(arr)
+        assert files is not None
+        for a, b in [(0, 29), (3, 9), (4, 8), (27, 29)]:
+            got = files(a, b)
+            assert got.dtype == arr[a:b].dtype
+            np.testing.assert_array_equal(got, arr[a:b])
+    other = g.create_array("f", shape=(8, 4), chunks=(4, 2), dtype=np.float32)
+    assert ChunkFiles.of(other) is None  # chunked along a second axis: read through Zarr
 
 
 def test_threaded_shard_equals_serial_and_webdatasets_writer(tmp_path, tiny_store):
