@@ -5,10 +5,15 @@ Forward + backward + AdamW step on CPU, batch 32, 51 x 51 frames, window 16 (win
 one session of 32 units. Each configuration runs in its own process, so its peak resident
 memory (``ru_maxrss``, the process's high-water mark, minus the same process's mark before the
 model was built) is its own. Ratios are to the ResNet + ConvGRU baseline measured in this run.
-Targets: the full model no slower than the baseline, at most 0.75 x its parameters.
+Targets: the full model no slower than the baseline, at most 0.75 x its parameters, at most
+its peak memory (``full+recompute``: the same model with ``recompute: true``).
 
-    python pipelines/bench_model.py              # all seven configs, ~2 minutes
+    python pipelines/bench_model.py              # all configs, ~3 minutes on 2 cores
     python pipelines/bench_model.py --steps 3 --batch 8
+    python pipelines/bench_model.py --device cuda --precision bf16-mixed   # on a GPU
+
+On CUDA, peak memory is ``torch.cuda.max_memory_allocated`` and steps are timed after a
+synchronize; ``bf16-mixed`` runs the image path under bfloat16 autocast (gaze stays float32).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_
            "full+recompute"]  # +recompute: the dynamics' per-step states recomputed in backward
 
 
-def one(name: str, steps: int, batch: int, window: int) -> dict:
+def one(name: str, steps: int, batch: int, window: int, device: str = "cpu",
+        precision: str = "32-true") -> dict:
     import torch
 
     from polar_model.config import load_model_config
@@ -35,34 +41,46 @@ def one(name: str, steps: int, batch: int, window: int) -> dict:
     from polar_model.spec import DataSpec
 
     torch.manual_seed(0)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
     spec = DataSpec(window, 120.0, (51, 51), 12.75, (32,), (tuple([0.05] * 32),), ("s",))
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config, _, option = name.partition("+")
     cfg = load_model_config(ROOT / f"configs/model/{config}.yaml")
     if option:
         setattr(cfg, option, True)
-    m = build_model(cfg, spec).train()
+    m = build_model(cfg, spec).to(dev).train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    stim = torch.randn(batch, 1, window, 51, 51)
-    gaze = torch.cumsum(torch.randn(batch, window, 2) * 0.05, 1)
-    y = torch.poisson(torch.full((batch, 1, 32), 0.05))
+    stim = torch.randn(batch, 1, window, 51, 51, device=dev)
+    gaze = torch.cumsum(torch.randn(batch, window, 2) * 0.05, 1).to(dev)
+    y = torch.poisson(torch.full((batch, 1, 32), 0.05)).to(dev)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for i in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        out = m(stim, gaze, 0, last_only=True)
-        loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            out = m(stim, gaze, 0, last_only=True)
+        loss = masked_poisson_nll(out.log_rate.float(), y, torch.ones_like(y))
         if out.jepa_loss is not None:
             loss = loss + m.cfg.lambda_jepa * out.jepa_loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         m.update_teacher()
+        if cuda:
+            torch.cuda.synchronize(dev)
         if i:  # the first step warms up allocators
             times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
     return {"name": name, "ms": 1000 * sorted(times)[len(times) // 2],
             "params": sum(p.numel() for p in m.parameters() if p.requires_grad),
-            "peak_mb": peak / 1024}
+            "peak_mb": peak_mb}
 
 
 def main(argv=None) -> int:
@@ -71,20 +89,27 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--window", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            p.error(f"--device {a.device}: this torch sees no CUDA device")
     if a.one:
-        print(json.dumps(one(a.one, a.steps, a.batch, a.window)))
+        print(json.dumps(one(a.one, a.steps, a.batch, a.window, a.device, a.precision)))
         return 0
     rows = []
     for name in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(a.steps),
-                              "--batch", str(a.batch), "--window", str(a.window)],
+                              "--batch", str(a.batch), "--window", str(a.window),
+                              "--device", a.device, "--precision", a.precision],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"train step (fwd + bwd + AdamW), CPU, batch {a.batch}, 51x51, window {a.window}, "
-          f"median of {a.steps} steps")
+    print(f"train step (fwd + bwd + AdamW), {a.device}, {a.precision}, batch {a.batch}, "
+          f"51x51, window {a.window}, median of {a.steps} steps")
     print(f"{'config':<16}{'params':>10}{'x base':>8}{'step ms':>10}{'x base':>8}"
           f"{'peak MB':>10}{'x base':>8}")
     for r in rows:

@@ -90,10 +90,11 @@ class ResNetConvGRU(EncodingModel):
                              align_corners=False)
         x = F.grid_sample(frames, grid, align_corners=False).view(B, S, H, W)[:, None]
         x = self.block2(F.gelu(self.down(self.block1(F.gelu(self.stem(self.front(x)))))))
-        v, _ = kinematics(behavior.float(), self.dt)
-        speed = v.norm(dim=-1, keepdim=True)
-        beh = self.modulator(torch.cat([v / V_SCALE, speed / V_SCALE,
-                                        behavior.float() / 10.0], -1))  # [B, S, E]
+        with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
+            v, _ = kinematics(behavior.float(), self.dt)
+            speed = v.norm(dim=-1, keepdim=True)
+            beh = self.modulator(torch.cat([v / V_SCALE, speed / V_SCALE,
+                                            behavior.float() / 10.0], -1))  # [B, S, E]
         h = torch.zeros(B, self.cfg.gru_hidden, *x.shape[-2:], device=x.device)
         first = S - 1 if last_only else self.window_len - 1
         states = []

@@ -154,7 +154,8 @@ class PolarV1(EncodingModel):
         first = S - 1 if last_only else self.window_len - 1
         beh = None
         if self.cfg.use_behavior:
-            beh = self.behavior(*self.gaze(behavior.float(), session))
+            with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
+                beh = self.behavior(*self.gaze(behavior.float(), session))
         feats, pooled = self.level_features(stim, beh, first)
         jepa_loss = None
         if self.jepa is not None and self.training:

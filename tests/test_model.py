@@ -310,6 +310,28 @@ def test_recompute_gives_the_same_loss_and_gradients(name):
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
+@pytest.mark.parametrize("name", ["full", "baseline"])
+def test_bf16_autocast_keeps_gaze_in_float32(name):
+    """Mixed precision (``precision: bf16-mixed``) runs the image path in bfloat16 but the
+    gaze path in float32: its outputs are bit-identical to a float32 run, and the rates
+    stay close to it (CPU autocast here; CUDA's follows the same rule)."""
+    m = model(name).eval()
+    gaze_module = m.gaze if name == "full" else m.modulator
+    seen = []
+    gaze_module.register_forward_hook(lambda mod, args, out: seen.append(out))
+    stim, gaze = batch()
+    with torch.no_grad():
+        ref = m(stim, gaze, 0).log_rate
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = m(stim, gaze, 0).log_rate
+    flat = [torch.utils._pytree.tree_leaves(o) for o in seen]
+    assert all(t.dtype == torch.float32 for t in flat[1])
+    for a, b in zip(flat[0], flat[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torch.isfinite(mixed).all()
+    torch.testing.assert_close(mixed.float(), ref, rtol=0.05, atol=0.05)
+
+
 def test_static_differs_from_minimal():
     a, b = model("static"), model("minimal")
     assert not hasattr(a, "dynamics") and hasattr(b, "dynamics")
