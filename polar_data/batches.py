@@ -1,7 +1,15 @@
 """The batch layout: one typed definition that every loader produces and the trainer,
 evaluation and prediction consume (:class:`Batch`, built by :func:`collate` from
 :class:`Sample` items made by :func:`sample`). The bytes and names on disk are the store's
-(``polar_data.zarr_store``, ``polar_data.wds_shards``); this is what reaches a model.
+(``polar_data.zarr_store``, ``polar_data.wds_shards``); this is what crosses from loader
+workers to the training process.
+
+Frames stay **uint8** (the stored pixel values) up to the training process: a float32 batch
+is 4x the bytes to move between processes (and over PCIe). :func:`normalise_stim` - the one
+place the pixel normalisation ``(x - mean) / std`` is done - turns ``stim`` into the float32
+frames a model takes, on whatever device the batch is on, once the batch has arrived
+(``EncodingModule.on_after_batch_transfer``, ``evaluation.predict_split``, readout placement,
+the predictor).
 
 One batch holds windows or clips of **one session** (its readout is per session; unit counts
 differ between sessions), so no padding is needed. Time is oldest first: index -1 of a window
@@ -9,7 +17,8 @@ is the current bin.
 
 Window mode (``W = window_len``)::
 
-    stim      float32 [B, 1, W, H, W']   pixel-normalised: (x - mean) / std of the store
+    stim      uint8   [B, 1, W, H, W']   stored pixel values (normalise_stim: float32,
+                                         (x - mean) / std of the store)
     behavior  float32 [B, W, 2]          raw gaze, degrees, x right / y up
     robs      float32 [B, N]             counts at the last bin
     dfs       float32 [B, N]             unit mask at the last bin (loss weight)
@@ -42,7 +51,8 @@ SESSION, END, TRUE_RATE, EYEPOS = "session", "end", "true_rate", "eyepos"
 class Batch(TypedDict):
     """A batch as the module docstring lays it out (shapes, dtypes, units there)."""
 
-    stim: torch.Tensor        # float32 [B, 1, S, H, W'] normalised frames (S = W window mode)
+    stim: torch.Tensor        # uint8 [B, 1, S, H, W'] frames (S = W window mode); float32
+    #                           normalised once normalise_stim has run (what a model takes)
     behavior: torch.Tensor    # float32 [B, S, 2] gaze in degrees, x right / y up
     robs: torch.Tensor        # float32 [B, N] (window) or [B, L, N] (clip): counts
     dfs: torch.Tensor         # float32, as robs: unit mask (loss weight)
@@ -83,17 +93,24 @@ def as_clip(batch: Batch, key: str) -> torch.Tensor:
     return x[:, None] if x.ndim == 2 else x
 
 
-def normalize(stim: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """uint8 frames -> float32 (x - mean) / std."""
-    out = stim.astype(np.float32)
-    out -= mean
-    out *= 1.0 / std
-    return out
+def normalise_stim(x: Batch | torch.Tensor, mean: float, std: float) -> Batch | torch.Tensor:
+    """The pixel normalisation, the only one: uint8 frames -> float32 ``(x - mean) / std``
+    (computed as ``(x - float32(mean)) * float32(1 / std)``, each step rounded to float32),
+    on the tensor's own device (normalise after moving a batch to the GPU, so uint8 crosses
+    PCIe). ``x``: a tensor of frames, or a batch (a new dict with ``stim`` replaced, other
+    entries shared). Raises TypeError on frames that are not uint8 (already normalised)."""
+    if isinstance(x, dict):
+        return {**x, STIM: normalise_stim(x[STIM], mean, std)}
+    if x.dtype != torch.uint8:
+        raise TypeError(f"normalise_stim takes uint8 frames, got {x.dtype} (normalised "
+                        "twice?)")
+    shift, scale = float(np.float32(mean)), float(np.float32(1.0 / std))
+    return x.to(torch.float32).sub_(shift).mul_(scale)
 
 
-def collate(items: list[Sample], mean: float, std: float) -> Batch:
+def collate(items: list[Sample]) -> Batch:
     """Stack :class:`Sample` items of one session into a :class:`Batch` (the one place a
-    batch is made)."""
+    batch is made); frames stay uint8 (see :func:`normalise_stim`)."""
     sessions = {it[SESSION] for it in items}
     if len(sessions) != 1:
         raise ValueError(f"a batch must hold one session, got {sorted(sessions)}")
@@ -102,8 +119,7 @@ def collate(items: list[Sample], mean: float, std: float) -> Batch:
         return torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))
 
     batch: Batch = {
-        STIM: torch.from_numpy(normalize(np.stack([it[STIM] for it in items]), mean,
-                                         std)).unsqueeze(1),
+        STIM: torch.from_numpy(np.stack([it[STIM] for it in items])).unsqueeze(1),
         BEHAVIOR: stack(EYEPOS), ROBS: stack(ROBS), DFS: stack(DFS),
         SESSION: torch.full((len(items),), items[0][SESSION], dtype=torch.int64),
         END: torch.tensor([it[END] for it in items], dtype=torch.int64),

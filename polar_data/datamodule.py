@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
+from .batches import Batch, normalise_stim
 from .data_config import DataConfig
 from .store_info import StoreInfo
 from .wds_stream import ShardStream
@@ -17,6 +18,8 @@ class PolarDataModule(L.LightningDataModule):
     Attributes after construction: ``info`` (StoreInfo), ``window_len``, ``n_units`` (per
     session), ``pixel_mean``/``pixel_std``, ``rate_hz``, ``frame_hw``, ``sessions``.
     Workers are persistent (the streaming loader's epoch counter lives in them).
+    Batches cross from the workers with uint8 frames; :meth:`on_after_batch_transfer`
+    normalises them once Lightning has moved them to the model's device.
     """
 
     def __init__(self, cfg: DataConfig):
@@ -69,6 +72,12 @@ class PolarDataModule(L.LightningDataModule):
         if train:
             sampler.skip_batches = self._done_in_epoch(len(sampler))
         return DataLoader(ds, batch_sampler=sampler, collate_fn=identity, **common)
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Lightning calls this after moving a batch to the model's device (train, val,
+        test): uint8 frames -> float32 ``(x - pixel_mean) / pixel_std`` of this store, on
+        that device (so uint8 crosses PCIe too)."""
+        return normalise_stim(batch, self.pixel_mean, self.pixel_std)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

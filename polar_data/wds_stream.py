@@ -217,10 +217,10 @@ class ShardStream(IterableDataset):
                 buckets[it[SESSION]] = []
                 made += 1
                 if made > skip:
-                    yield collate(b, self.info.pixel_mean, self.info.pixel_std)
+                    yield collate(b)
                 if made == quota and not self.single_pass:
                     return
         for b in buckets.values():  # single pass: the remainders too
             if b:
-                yield collate(b, self.info.pixel_mean, self.info.pixel_std)
+                yield collate(b)
 

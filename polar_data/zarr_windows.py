@@ -165,7 +165,7 @@ class ZarrWindows(Dataset):
                             si, s + n - 1,
                             self._rows(si, "true_rate", s, s + n) if truth else None)
                 items.append(pad_clip(it, self.info.clip_len))
-        return collate(items, self.info.pixel_mean, self.info.pixel_std)
+        return collate(items)
 
 
 class LocalityBatchSampler(Sampler[list[int]]):

@@ -33,9 +33,9 @@ def arrays(tiny_store):
 
 
 def _frames(batch, info):
-    """Undo the pixel normalisation: exact uint8 frames back."""
-    x = batch["stim"][:, 0].numpy() * info.pixel_std + info.pixel_mean
-    return np.rint(x).astype(np.int64)
+    """The frames of a batch: the stored uint8 pixel values, as loaders hand them over."""
+    assert batch["stim"].dtype == torch.uint8
+    return batch["stim"][:, 0].numpy().astype(np.int64)
 
 
 def check_batch(batch, info, arrays, split, mode):
@@ -246,7 +246,12 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
     assert dm.window_len == W and dm.n_units == (3, 4, 5)
     assert 0 < dm.pixel_std and 0 < dm.pixel_mean < 255
     batch = next(iter(dm.train_dataloader()))
-    assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.float32
+    assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.uint8
+    # Lightning calls this after moving the batch to the model's device: frames normalised
+    ready = dm.on_after_batch_transfer(batch, 0)
+    assert ready["stim"].dtype == torch.float32 and ready["behavior"] is batch["behavior"]
+    np.testing.assert_array_equal(
+        ready["stim"].numpy(), _old_normalised(batch["stim"].numpy(), dm.info))
     assert batch["behavior"].shape[1:] == (W, 2)
     cfg_path.write_text("loader:\n  kind: tar\n")
     from polar_data.typed_yaml import ConfigError
@@ -266,3 +271,49 @@ def test_shorter_training_clips_are_cut_from_stored_clips(info, arrays):
             n = int((batch["dfs"][b] > 0).any(1).nonzero().max()) + 1
             seen += [(int(batch["session"][0]), int(batch["end"][b]) - k) for k in range(n)]
     assert len(seen) == len(set(seen))
+
+
+def _old_normalised(frames: np.ndarray, info) -> np.ndarray:
+    """The float32 frames loaders handed over before they kept uint8 (the old numpy code)."""
+    out = frames.astype(np.float32)
+    out -= info.pixel_mean
+    out *= 1.0 / info.pixel_std
+    return out
+
+
+def _devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("kind", ["wds", "zarr"])
+@pytest.mark.parametrize("mode", ["window", "clip"])
+def test_normalised_frames_are_bit_identical_to_the_old_float32(info, arrays, kind, mode,
+                                                                 device):
+    """uint8 across the process boundary, normalise_stim after it (on CPU or the GPU): the
+    model gets exactly the float32 values the loaders used to hand over, computed here from
+    the Zarr arrays directly; every other entry of the batch is untouched."""
+    from polar_data.batches import normalise_stim
+
+    if kind == "wds":
+        batch = next(iter(ShardStream(info, "train", mode, batch_size=4, shuffle=False,
+                                      single_pass=True)))
+    else:
+        ds = ZarrWindows(info, "train", mode)
+        batch = ds.__getitems__(next(iter(LocalityBatchSampler(ds, 4, shuffle=False))))
+    on_device = {k: v.to(device) for k, v in batch.items()}
+    got = normalise_stim(on_device, info.pixel_mean, info.pixel_std)
+    assert got["stim"].dtype == torch.float32 and got["stim"].device.type == device
+    assert on_device["stim"].dtype == torch.uint8  # a new batch: the loader's is unchanged
+    assert all(got[k] is on_device[k] for k in batch if k != "stim")
+    s = int(batch["session"][0])
+    stim = got["stim"][:, 0].cpu().numpy()
+    assert stim.dtype == np.float32
+    for b, e in enumerate(batch["end"].tolist()):
+        # window: W frames; clip: every real target's frames (padding after them)
+        n = 1 if mode == "window" else int((batch["dfs"][b] > 0).any(1).nonzero().max()) + 1
+        want = _old_normalised(arrays[s]["stim"][e - n - W + 2 : e + 1], info)
+        mine = np.ascontiguousarray(stim[b, : len(want)])
+        np.testing.assert_array_equal(mine.view(np.uint32), want.view(np.uint32))  # bitwise
+    with pytest.raises(TypeError, match="uint8"):
+        normalise_stim(got, info.pixel_mean, info.pixel_std)  # never twice

@@ -9,6 +9,7 @@ import torch
 from conftest import data_config, train_config
 
 import polar_model
+from polar_data.batches import normalise_stim
 from polar_data.readers import read_session
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import ZarrWindows
@@ -51,7 +52,7 @@ def test_predict_on_a_session_from_disk_matches_the_loader(trained, tiny_store, 
     info = StoreInfo.load(str(tiny_store))
     ds = ZarrWindows(info, "train", "window")
     rows = [i for i in range(len(ds)) if ds.index[i, 0] == 1][:20]
-    batch = ds.__getitems__(rows)
+    batch = normalise_stim(ds.__getitems__(rows), info.pixel_mean, info.pixel_std)
     with torch.no_grad():
         want = model.module.model(batch["stim"], batch["behavior"], 1,
                                   last_only=True).log_rate[:, -1].exp().numpy()

@@ -159,9 +159,11 @@ def test_non_finite_loss_fails_loudly_naming_the_session(small_demo_store):
 
     module = EncodingModule.create(load_model_config(ROOT / "configs/model/static.yaml"), spec,
                                    TrainConfig())
+    from polar_data.batches import normalise_stim
     from polar_data.zarr_windows import ZarrWindows
 
-    batch = ZarrWindows(info, "train", "clip").__getitems__([0])
+    batch = normalise_stim(ZarrWindows(info, "train", "clip").__getitems__([0]),
+                           info.pixel_mean, info.pixel_std)
     batch["stim"][0, 0, -1, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=info.sessions[0]):
         module._loss(batch, "train")

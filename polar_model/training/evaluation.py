@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from polar_data.batches import DFS, END, TRUE_RATE, Batch, session_of
+from polar_data.batches import DFS, END, TRUE_RATE, Batch, normalise_stim, session_of
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import every_clip
 
@@ -43,7 +43,9 @@ class SessionPredictions:
 
 def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, split: str,
                   batch_size: int = 8, progress: bool = False) -> list[SessionPredictions]:
-    """Run ``predict(batch) -> log expected counts [B, L, N]`` over every clip of ``split``."""
+    """Run ``predict(batch) -> log expected counts [B, L, N]`` over every clip of ``split``;
+    ``batch`` has normalised float32 frames (:func:`polar_data.batches.normalise_stim` with
+    the store's pixel statistics), as ``EncodingModule.forward`` takes them."""
     from tqdm.auto import tqdm
 
     from polar_data.zarr_store import open_store
@@ -62,6 +64,7 @@ def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, spl
     with torch.no_grad():
         for idx, batch in zip(batches, tqdm(loader, desc=f"predict {split}",
                                             disable=not progress)):
+            batch = normalise_stim(batch, info.pixel_mean, info.pixel_std)
             rate = predict(batch).exp().numpy()
             sp = out[session_of(batch)]
             for b, i in enumerate(idx):

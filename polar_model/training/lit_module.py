@@ -1,6 +1,9 @@
 """Lightning module: any model config, masked Poisson NLL (+ lambda_jepa x JEPA), BPS logging.
 
-Batches follow :mod:`polar_data.batches` (window or clip mode, one session per batch).
+Batches follow :mod:`polar_data.batches` (window or clip mode, one session per batch). Loaders
+hand over uint8 frames; ``PolarDataModule.on_after_batch_transfer`` normalises them
+(:func:`polar_data.batches.normalise_stim`, the store's pixel statistics) once Lightning has
+moved the batch to the module's device, so ``forward`` / ``training_step`` see float32 frames.
 The JEPA teacher is updated by EMA after each optimizer step (never inside forward).
 A non-finite loss raises ``FloatingPointError`` naming the batch's session: never skipped.
 """
@@ -68,6 +71,11 @@ class EncodingModule(L.LightningModule):
                    None if run_config is None else to_dict(run_config))
 
     def forward(self, batch: Batch):
+        """``batch`` with normalised frames (:func:`polar_data.batches.normalise_stim`)."""
+        if batch[STIM].dtype == torch.uint8:
+            raise TypeError("forward takes normalised float frames; a loader batch (uint8) "
+                            "goes through polar_data.batches.normalise_stim first (fit with "
+                            "PolarDataModule, which does it after the device transfer)")
         return self.model(batch[STIM], batch[BEHAVIOR], session_of(batch))
 
     @staticmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from polar_data.batches import DFS, ROBS, STIM, session_of
+from polar_data.batches import DFS, ROBS, STIM, normalise_stim, session_of
 from polar_data.store_info import StoreInfo
 from polar_data.zarr_windows import every_clip
 
@@ -24,7 +24,8 @@ def rf_positions(info: StoreInfo, batch_size: int = 4, progress: bool = True
     mappers = [RFMapper(n, info.frame_hw, info.rate_hz) for n in info.n_units]
     for batch in tqdm(loader, total=len(batches), desc="placing readouts (RF maps)",
                       disable=not progress):
-        mappers[session_of(batch)].update(batch[STIM], batch[ROBS], batch[DFS])
+        stim = normalise_stim(batch[STIM], info.pixel_mean, info.pixel_std)
+        mappers[session_of(batch)].update(stim, batch[ROBS], batch[DFS])
     out = []
     for s, m in enumerate(mappers):
         if m.sums is None:
