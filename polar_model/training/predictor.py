@@ -14,6 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from polar_data.batches import normalise_stim
+
 DATA_FACTS = "data_facts"
 
 
@@ -78,8 +80,9 @@ class Predictor:
         for i in range(0, len(ends), batch_size):
             e = ends[i : i + batch_size]
             rows = e[:, None] + offsets[None, :]
-            frames = (stim[rows].astype(np.float32) - self.pixel_mean) / self.pixel_std
-            x = torch.from_numpy(frames).unsqueeze(1).to(self.device)
+            # uint8 to the device, normalised there as training normalised its batches
+            x = normalise_stim(torch.from_numpy(stim[rows]).unsqueeze(1).to(self.device),
+                               self.pixel_mean, self.pixel_std)
             beh = torch.from_numpy(eyepos[rows]).to(self.device)
             log_rate = self.module.model(x, beh, index, last_only=True).log_rate
             out[e] = log_rate[:, -1].exp().float().cpu().numpy()
