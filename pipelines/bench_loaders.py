@@ -6,7 +6,12 @@ normalised), a map-style dataset that gathers each window per sample in Python, 
 DataLoader with the same number of workers (forked: they share the arrays copy-on-write).
 
 Ours: the streaming WebDataset loader and the Zarr random-access loader, each in window mode
-(one predicted bin per sample) and clip mode (clip_len predicted bins per sample).
+(one predicted bin per sample) and clip mode (clip_len predicted bins per sample). Our
+workers hand over uint8 frames (a quarter of float32's bytes between processes); the timed
+loop normalises every batch of ours in the main process (``polar_data.batches.
+normalise_stim``, as training does after the batch transfer), so every row ends with the
+float32 frames a model takes: the baseline and the peers normalise in their workers and hand
+over float32.
 
 Reported per loader: windows (= predicted bins) per second and peak memory of the main
 process and its workers together (sum of PSS from /proc, sampled every 50 ms). Targets:
@@ -34,7 +39,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from polar_data.batches import normalize, pad_clip, sample
+from polar_data.batches import normalise_stim, pad_clip, sample
 from polar_data.build import build_store
 from polar_data.data_config import load_data_config
 from polar_data.demo.generate import write_sized_sessions
@@ -167,8 +172,8 @@ class PeerCollate:
     def __call__(self, samples):
         if isinstance(samples, dict):  # litdata's default batching: a dict of lists/tensors
             samples = [dict(zip(samples, v)) for v in zip(*samples.values())]
-        stim = np.stack([np.asarray(x["stim"]) for x in samples])
-        return {"stim": torch.from_numpy(normalize(stim, self.mean, self.std)).unsqueeze(1),
+        stim = torch.from_numpy(np.stack([np.asarray(x["stim"]) for x in samples]))
+        return {"stim": normalise_stim(stim, self.mean, self.std).unsqueeze(1),
                 **{k: torch.from_numpy(np.stack([np.asarray(x[k]) for x in samples]))
                    for k in ("eyepos", "robs", "dfs")}}
 
@@ -289,26 +294,33 @@ def main(argv=None) -> int:
         def clip_bins(b):
             return int(b["robs"].shape[0] * b["robs"].shape[1])
 
+        def ours(count):
+            """Our rows: normalise the uint8 frames here, in the main process (timed)."""
+            def per_batch(b):
+                b = normalise_stim(b, info.pixel_mean, info.pixel_std)
+                return count(b)
+            return per_batch
+
         rows.append(("baseline: in-RAM float32, per-sample windows", "window", *run(
             lambda: DataLoader(InRamWindows(store, "train"), batch_size=B, shuffle=True, **kw),
             a.batches, window_bins)))
         rows.append(("ours: WebDataset streaming", "window", *run(
             lambda: DataLoader(ShardStream(info, "train", "window", B, num_workers=nw,
                                            batches_per_epoch=10**6), batch_size=None, **kw),
-            a.batches, window_bins)))
+            a.batches, ours(window_bins))))
         for verify in (True, False):
             rows.append(("ours: WebDataset streaming" + ("" if verify else
                                                          ", no sample sha256 check"), "clip",
                          *run(lambda v=verify: DataLoader(
                              ShardStream(info, "train", "clip", max(1, B // 8), num_workers=nw,
                                          batches_per_epoch=10**6, verify_checksums=v),
-                             batch_size=None, **kw), a.batches, clip_bins)))
+                             batch_size=None, **kw), a.batches, ours(clip_bins))))
         for mode, bs in (("window", B), ("clip", max(1, B // 8))):
             def mk(mode=mode, bs=bs):
                 ds = ZarrWindows(info, "train", mode)
                 return DataLoader(ds, batch_sampler=LocalityBatchSampler(ds, bs),
                                   collate_fn=identity, **kw)
-            rows.append(("ours: Zarr random access", mode, *run(mk, a.batches, (
+            rows.append(("ours: Zarr random access", mode, *run(mk, a.batches, ours(
                 window_bins if mode == "window" else clip_bins))))
         disk = {"ours: WebDataset streaming": folder_mb(store / "wds"),
                 "ours: Zarr random access": folder_mb(store / "zarr")}
