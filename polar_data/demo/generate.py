@@ -41,7 +41,7 @@ class DemoConfig:
     """
 
     n_sessions: int = 3
-    duration_s: float = 120.0           # total in-trial time per session
+    duration_s: float = 300.0           # total in-trial time per session
     rate_hz: float = 240.0              # source bin rate (the lab's 240 Hz)
     trial_s: tuple[float, float] = (3.0, 6.0)
     iti_s: float = 0.5                  # gap between trials (no bins)
