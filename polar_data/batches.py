@@ -104,8 +104,13 @@ def normalise_stim(x: Batch | torch.Tensor, mean: float, std: float) -> Batch | 
     if x.dtype != torch.uint8:
         raise TypeError(f"normalise_stim takes uint8 frames, got {x.dtype} (normalised "
                         "twice?)")
-    shift, scale = float(np.float32(mean)), float(np.float32(1.0 / std))
-    return x.to(torch.float32).sub_(shift).mul_(scale)
+    shift, scale = np.float32(mean), np.float32(1.0 / std)
+    if x.device.type == "cpu":  # numpy: one thread, ~5x faster than torch's CPU kernels here
+        out = x.numpy().astype(np.float32)
+        out -= shift
+        out *= scale
+        return torch.from_numpy(out)
+    return x.to(torch.float32).sub_(float(shift)).mul_(float(scale))
 
 
 def collate(items: list[Sample]) -> Batch:
