@@ -19,7 +19,7 @@ from .readout import MultiLevelGaussianReadout
 from .spec import DataSpec
 from .summary import TemporalSummarizer, static_features
 
-RECOMPUTE_STEPS = 4  # time steps per checkpointed chunk with ``recompute``
+RECOMPUTE_STEPS = 2  # time steps per checkpointed chunk with ``recompute``
 
 
 class PolarV1(EncodingModel):
