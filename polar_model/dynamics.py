@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
+
 
 class PolarDynamics(nn.Module):
     """One recurrent state per pyramid level, pair and pixel, run oldest-first over time.
@@ -25,7 +27,11 @@ class PolarDynamics(nn.Module):
     * prediction error energy ``E_t = A_obs (1 - cos(phi_obs - phi_pred))``;
     * ``A_t = A_obs + (A_{t-1} - A_obs) r_t`` (relaxes to what is seen, faster in saccades);
     * ``phi_t``: the predicted unit phase blended with the observed one, weights
-      ``r_t : 1 - r_t``, renormalised. Phase thus accumulates across steps.
+      ``r_t : 1 - r_t``, renormalised to unit length, ``(c, s) / max(|(c, s)|, 0.1)``. Phase
+      thus accumulates across steps. Where the blend nearly cancels (predicted and observed
+      phase opposite, ``r_t`` near 1/2) the phase is undefined and the state shrinks instead
+      of being blown up to unit length: the old floor (1e-4) multiplied the gradient by up
+      to 1e4 per such step, which overflowed to inf in training (demo seed 1, step 116).
     """
 
     def __init__(self, dt: float, lambda_fix: float, lambda_sac: float):
@@ -77,7 +83,7 @@ class PolarDynamics(nn.Module):
             es.append(ao * (1 - (co * c + so * s)))
             A = ao + (A - ao) * r
             c, s = c * r + co * (1 - r), s * r + so * (1 - r)
-            inv = torch.rsqrt(c * c + s * s + 1e-8)
+            inv = torch.rsqrt((c * c + s * s).clamp_min(PHASE_FLOOR))
             c, s = c * inv, s * inv
             As.append(A)
             cs.append(c)

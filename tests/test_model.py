@@ -155,6 +155,24 @@ def test_dynamics_predict_the_phase_of_a_moving_image():
     assert e_right < 1e-3 and e_wrong > 20 * e_right
 
 
+def test_phase_state_gradient_stays_finite_when_blends_cancel():
+    """Observed phase flipping by pi every step with r = 1/2: every other blend of predicted
+    and observed phase is exactly zero. Renormalising it to unit length (the old 1e-8 floor)
+    multiplied the gradient by 1e4 per step and overflowed to inf within 47 steps (demo seed
+    1 at step 116); with the floor the gradient stays finite and the outputs too."""
+    T = 47
+    dyn = PolarDynamics(1 / 120, 120 * math.log(2), 120 * math.log(2))  # r = 1/2 each step
+    sign = torch.tensor([(-1.0) ** t for t in range(T)]).view(1, T, 1, 1, 1)
+    c = (sign * torch.ones(1, T, 2, 3, 3)).requires_grad_()
+    s = torch.zeros(1, T, 2, 3, 3, requires_grad=True)
+    amp = torch.ones(1, T, 2, 3, 3)
+    A, cs, ss, es, _ = dyn(amp, c, s)
+    loss = torch.stack(cs).sum() + torch.stack(ss).sum() + torch.stack(es).sum()
+    gc, gs, glam = torch.autograd.grad(loss, [c, s, dyn._lam])
+    assert all(torch.isfinite(g).all() for g in (gc, gs, glam))
+    assert torch.stack(cs).abs().max() <= 1.0 + 1e-6
+
+
 def test_saccade_gate_opens_only_for_saccades():
     enc = GazeEncoder(16, 1 / 120, 2, threshold=100.0, slope=0.05)
     t = torch.arange(40, dtype=torch.float32) / 120
