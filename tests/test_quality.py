@@ -256,6 +256,17 @@ def test_training_learns_what_the_data_hold(tmp_path, small_demo_store):
     assert np.mean(corr) > 0.3
 
 
+def test_a_non_finite_gradient_stops_training_naming_the_parameters():
+    cfg = load_model_config(ROOT / "configs/model/minimal.yaml")
+    mod = EncodingModule.create(cfg, _spec(), TrainConfig())
+    for p in mod.model.parameters():
+        p.grad = torch.zeros_like(p)
+    mod.on_before_optimizer_step(None)  # finite: nothing happens
+    mod.model.dynamics._lam.grad[0] = math.inf
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 0 .*dynamics\._lam"):
+        mod.on_before_optimizer_step(None)
+
+
 def test_heads_train_at_their_own_learning_rate():
     """head_lr_mult: readouts and saccade gains at lr x mult, everything else at lr; every
     trainable parameter in exactly one group. Weight decay reaches weight matrices and the

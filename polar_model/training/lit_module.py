@@ -117,13 +117,27 @@ class EncodingModule(L.LightningModule):
             w = self.jepa_weight(nll, out.jepa_loss) if torch.isfinite(nll) else 0.0
             self._last_jepa_weight = w
             loss = nll + w * out.jepa_loss
+        where = f"a batch of session {session!r} (bins ending {batch[END][:4].tolist()}...)"
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite {stage} loss ({loss.item()}) on a batch of session {session!r} "
-                f"(bins ending {batch[END][:4].tolist()}...): check the inputs and the "
+                f"non-finite {stage} loss ({loss.item()}) on {where}: check the inputs and the "
                 "learning rate; batches are never skipped silently"
             )
+        self._last_batch = where
         return out, nll, loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A finite loss can still give an inf or NaN gradient; gradient clipping would then
+        turn every parameter into NaN and the next batch would be blamed. Stop here instead,
+        naming the step, the batch and the parameters."""
+        bad = [n for n, p in self.model.named_parameters()
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite gradient at step {self.global_step} on "
+                f"{getattr(self, '_last_batch', 'a batch')} in {len(bad)} parameters "
+                f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); the loss was finite"
+            )
 
     def training_step(self, batch, batch_idx):
         out, nll, loss = self._loss(batch, "train")
