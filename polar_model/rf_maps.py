@@ -62,13 +62,16 @@ class RFMapper:
         lags = [lag for lag in self.lags if lag <= first] or [first]  # short windows: fewer
         frames = stim[:, 0].reshape(B * S, 1, H, W).float()
         out = []
+        lo, hi = lags[0], lags[-1]  # consecutive
         for level, (band, bank) in enumerate(zip(self.pyramid(frames), self.banks)):
-            even, odd = bank(band)
-            if level == 0:
-                even, odd = even[..., ::2, ::2], odd[..., ::2, ::2]
-            f = torch.stack([torch.sqrt(even**2 + odd**2 + 1e-12), even, odd], 1)
-            f = f.view(B, S, -1)
-            lagged = sum(f[:, first - lag: S - lag] for lag in lags) / len(lags)
+            even, odd = bank(band, stride=2 if level == 0 else 1)
+            f = torch.stack([torch.hypot(even, odd), even, odd], 1).view(B, S, -1)
+            # mean over lags lo..hi of f[t - lag] for targets t = first .. S-1, from running
+            # sums C of g = f[first - hi .. S - lo - 1]: target j is C[j + hi - lo] - C[j - 1]
+            C = f[:, first - hi : S - lo].cumsum(1)
+            lagged = C[:, hi - lo :].clone()
+            lagged[:, 1:] -= C[:, : n_targets - 1]
+            lagged /= len(lags)
             out.append(lagged.reshape(B * n_targets, -1))
             if len(self.shapes) < len(self.banks):
                 self.shapes.append(tuple(even.shape[-2:]))

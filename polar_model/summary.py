@@ -54,14 +54,17 @@ class TemporalSummarizer(nn.Module):
             if t < first and not pool:
                 continue
             a = state_amp[t]
-            step = torch.cat([a, a * state_cos[t], a * state_sin[t], f_amp, s_amp, f_even, f_odd,
-                              change, phase_error[t]], dim=1)
-            if pool:
-                pooled.append(step.mean(dim=(-2, -1)))
+            step = (a, a * state_cos[t], a * state_sin[t], f_amp, s_amp, f_even, f_odd, change,
+                    phase_error[t])
+            if pool:  # [B, 9, M] -> [B, 9M]
+                pooled.append(torch.stack([x.mean(dim=(-2, -1)) for x in step], 1).flatten(1))
             if t >= first:
-                outs.append(step)
-        return (torch.stack(outs, 1) if outs else None,
-                torch.stack(pooled, 1) if pool else None,
+                outs.extend(step)
+        # One copy of the features: [B, L * 9, M, H, W] viewed as [B, L, 9M, H, W] (feature
+        # k of pair m is channel k M + m); a per-step cat then a stack copied them twice.
+        feats = (torch.stack(outs, 1).unflatten(1, (-1, self.n_features)).flatten(2, 3)
+                 if outs else None)
+        return (feats, torch.stack(pooled, 1) if pool else None,
                 (f_amp, s_amp, f_even, f_odd, prev))
 
 

@@ -20,6 +20,7 @@ from polar_model.polar import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout
 from polar_model.spec import DataSpec
+from polar_model.summary import TemporalSummarizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
@@ -171,6 +172,31 @@ def test_phase_state_gradient_stays_finite_when_blends_cancel():
     gc, gs, glam = torch.autograd.grad(loss, [c, s, dyn._lam])
     assert all(torch.isfinite(g).all() for g in (gc, gs, glam))
     assert torch.stack(cs).abs().max() <= 1.0 + 1e-6
+
+
+def test_summaries_layout_and_pooled_means():
+    """Feature k of pair m is channel k M + m at every output step (the readout's ``mix``
+    and the README's list depend on it); steps before ``first`` are left out of the
+    features but not of JEPA's spatial means, which are the features' means."""
+    torch.manual_seed(0)
+    B, T, M, H, W, first = 2, 6, 3, 4, 5, 2
+    amp, even, odd = (torch.rand(B, T, M, H, W) for _ in range(3))
+    A, c, s, e = ([x for x in torch.rand(T, B, M, H, W)] for _ in range(4))
+    summ = TemporalSummarizer()
+    f, p, _ = summ(amp, even, odd, A, c, s, e, first=first, pool=True)
+    assert f.shape == (B, T - first, 9 * M, H, W) and p.shape == (B, T, 9 * M)
+    for t in range(first, T):
+        ft = f[:, t - first].view(B, 9, M, H, W)
+        for k, want in ((0, A[t]), (1, A[t] * c[t]), (2, A[t] * s[t]),
+                        (7, amp[:, t] - amp[:, t - 1]), (8, e[t])):
+            torch.testing.assert_close(ft[:, k], want)
+        torch.testing.assert_close(p[:, t], f[:, t - first].mean(dim=(-2, -1)))
+    slow = torch.sigmoid(summ._alpha)[1]
+    ema = amp[:, 0]
+    for t in range(1, T):
+        ema = slow * ema + (1 - slow) * amp[:, t]
+    torch.testing.assert_close(f[:, -1].view(B, 9, M, H, W)[:, 4], ema)
+    torch.testing.assert_close(p[:, 0].view(B, 9, M)[:, 0], A[0].mean(dim=(-2, -1)))
 
 
 def test_saccade_gate_opens_only_for_saccades():

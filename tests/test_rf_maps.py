@@ -136,3 +136,24 @@ def test_a_store_without_zarr_keeps_the_readouts_at_the_centre(tmp_path, small_d
     before = [r.mu.clone() for r in model.readouts]
     assert "crop centre" in place_readouts(model, info, progress=False)
     assert all(torch.equal(r.mu, b) for r, b in zip(model.readouts, before))
+
+
+def test_lag_averaged_features_are_the_mean_of_the_lagged_responses():
+    """The running-sum lag average and the strided level-0 filtering give, per target bin,
+    the mean over the lags of each level's energy, even and odd responses (level 0 at every
+    second pixel), computed here directly from the filter bank."""
+    torch.manual_seed(0)
+    B, S, L = 2, 20, 9
+    stim = torch.randn(B, 1, S, H, W)
+    mapper = RFMapper(3, (H, W), RATE)
+    feats = mapper._features(stim, L)
+    first = S - L
+    bands = mapper.pyramid(stim[:, 0].reshape(B * S, 1, H, W))
+    for level, (band, bank) in enumerate(zip(bands, mapper.banks)):
+        even, odd = bank(band)
+        if level == 0:
+            even, odd = even[..., ::2, ::2], odd[..., ::2, ::2]
+        f = torch.stack([torch.sqrt(even**2 + odd**2), even, odd], 1).view(B, S, -1)
+        want = sum(f[:, first - lag : S - lag] for lag in mapper.lags) / len(mapper.lags)
+        torch.testing.assert_close(feats[level], want.reshape(B * L, -1), rtol=1e-4,
+                                   atol=1e-4)
