@@ -35,6 +35,7 @@ import numcodecs
 import numpy as np
 
 from .checksum import HashingWriter, default_threads
+from .chunk_files import ChunkFiles
 from .schema import SPLITS, StoreError
 
 _ZSTD_LEVEL = 3
@@ -103,63 +104,6 @@ def plan_shards(table: dict[str, np.ndarray], frame_bytes: int, window_len: int,
         for k, s in enumerate(range(0, len(rows), per_shard)):
             plan.append((f"{split}-{k:05d}.tar", rows[s : s + per_shard]))
     return plan
-
-
-class ChunkFiles:
-    """Rows ``a .. b-1`` of an array of a session group read from its chunk files directly
-    (``numcodecs`` zstd, which releases the GIL): the values of ``array[a:b]`` without
-    Zarr's per-call machinery (3x the CPU time of the decoding for frames, ~10 ms per read
-    of a small array). Only for the layout :func:`polar_data.zarr_store.write_session_group`
-    writes on a local disk: chunked along the first axis only, ``bytes`` (little-endian) +
-    ``zstd`` codecs, default chunk keys; :meth:`of` returns None for anything else (read
-    through Zarr then). A missing chunk file reads as the fill value, as in Zarr."""
-
-    def __init__(self, folder: Path, metadata):
-        self.folder, self.meta = folder, metadata
-        self.rows = int(metadata.chunk_grid.chunk_shape[0])
-        self.row_shape = tuple(int(x) for x in metadata.shape[1:])
-        self.n_rows = int(metadata.shape[0])
-        self.dtype = np.dtype(metadata.data_type.to_native_dtype()).newbyteorder("<")
-        self.fill = metadata.fill_value
-        self.codec = numcodecs.Zstd()
-
-    @classmethod
-    def of(cls, array) -> ChunkFiles | None:
-        from zarr.codecs import BytesCodec, ZstdCodec
-        from zarr.core.chunk_grids import RegularChunkGrid
-        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-        from zarr.storage import LocalStore
-
-        meta = array.metadata
-        ok = (isinstance(array.store, LocalStore) and meta.zarr_format == 3
-              and len(meta.shape) >= 1 and isinstance(meta.chunk_grid, RegularChunkGrid)
-              and isinstance(meta.chunk_key_encoding, DefaultChunkKeyEncoding)
-              and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(meta.shape[1:])
-              and len(meta.codecs) == 2 and isinstance(meta.codecs[0], BytesCodec)
-              and str(getattr(meta.codecs[0].endian, "value", "little")) == "little"
-              and isinstance(meta.codecs[1], ZstdCodec))
-        return cls(Path(array.store.root) / array.path, meta) if ok else None
-
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        if not 0 <= a <= b <= self.n_rows:
-            raise IndexError(f"{self.folder}: rows {a}..{b} of {self.n_rows}")
-        c = self.rows
-        out = np.empty((b - a, *self.row_shape), self.dtype)
-        zeros = (0,) * len(self.row_shape)
-        for k in range(a // c, -(-b // c)):
-            lo, hi = max(a, k * c), min(b, (k + 1) * c)
-            try:
-                raw = (self.folder / self.meta.encode_chunk_key((k, *zeros))).read_bytes()
-            except FileNotFoundError:
-                out[lo - a : hi - a] = self.fill
-                continue
-            if lo == k * c and hi == (k + 1) * c:  # a whole chunk: decoded in place
-                self.codec.decode(raw, out=out[lo - a : hi - a])
-            else:
-                chunk = np.frombuffer(self.codec.decode(raw), self.dtype)
-                chunk = chunk.reshape(c, *self.row_shape)
-                out[lo - a : hi - a] = chunk[lo - k * c : hi - k * c]
-        return out.astype(self.dtype.newbyteorder("="), copy=False)
 
 
 class GroupReader:

@@ -20,6 +20,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batches import Batch, collate, pad_clip, sample
+from .chunk_files import ChunkFiles
 from .manifest import check_chunk_files
 from .schema import SPLITS
 from .store_info import StoreInfo
@@ -35,15 +36,21 @@ def identity(x):
 class ChunkCache:
     """Decoded Zarr chunks (along time) of one worker, least recently used dropped first
     beyond ``max_mb``. Neighbouring windows and the batches of one pooled block share chunks,
-    so each is decoded about once per epoch instead of once per batch."""
+    so each is decoded about once per epoch instead of once per batch. Chunks are read from
+    their files directly where the layout allows (:class:`~polar_data.chunk_files.
+    ChunkFiles`: a third of the time of a read through Zarr), else through Zarr."""
 
     def __init__(self, max_mb: float = 64.0):
         self.max_bytes, self.bytes = int(max_mb * 1e6), 0
         self.chunks: OrderedDict = OrderedDict()
+        self.files: dict = {}  # key -> ChunkFiles, or False: read through Zarr
 
     def rows(self, array, key, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo .. hi-1`` of ``array`` (a zarr array chunked along axis 0). An array of
         at most 1/8 of the budget (gaze, counts, masks of a session) is read whole, once."""
+        files = self.files.get(key)
+        if files is None:
+            files = self.files[key] = ChunkFiles.of(array) or False
         small = array.nbytes <= self.max_bytes // 8
         cb = array.shape[0] if small else array.chunks[0]
         first, last = lo // cb, (hi - 1) // cb
@@ -52,7 +59,8 @@ class ChunkCache:
             k = (key, c)
             chunk = self.chunks.get(k)
             if chunk is None:
-                chunk = array[c * cb : min((c + 1) * cb, array.shape[0])]
+                end = min((c + 1) * cb, array.shape[0])
+                chunk = files(c * cb, end) if files else array[c * cb : end]
                 self.chunks[k] = chunk
                 self.bytes += chunk.nbytes
                 while self.bytes > self.max_bytes and len(self.chunks) > 1:
