@@ -65,8 +65,10 @@ def main(argv=None) -> int:
         rows = curve(a.run)
     marks = at_marks(rows)
     last = rows[-1]
+    every = int(rows[1]["step"]) - int(rows[0]["step"]) if len(rows) > 1 else a.val_every
     lines = [f"Default run ({a.model.name}, {a.train.name}, {tc['max_steps']} steps), "
-             f"validation every {a.val_every} steps.", "",
+             f"validation every {every} steps (minutes from the start of fitting; placing the "
+             "readouts before it is not counted).", "",
              "| after | step | minutes | val fraction of oracle |", "|---|---|---|---|"]
     for m, v in marks.items():
         lines.append(f"| {m:g} min | " + (" | ".join([str(v[0]), f"{v[1]:.1f}", f"{v[2]:.3f}"])
