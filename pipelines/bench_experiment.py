@@ -10,8 +10,9 @@ oracle against training minutes, one line per config, mean over seeds) and each 
 ``runs/experiment/steps<N>-lr<lr>/<config>-seed<k>``. A finished run is reused: after
 changing a model, delete its runs. Each config trains with ``configs/train/cpu_demo.yaml``
 (seed, ``--steps`` optimizer steps, cosine over them), or with ``configs/train/<config>.yaml``
-when that exists (the baseline's own learning rate, from its sweep). The score is the
-trainer's validation pass after the last step (every val target once).
+when that exists (a config's own tuned recipe; the baseline's sweep chose the shared one:
+README, The experiment). The score is the trainer's validation pass after the last step
+(every val target once).
 """
 
 
