@@ -60,7 +60,7 @@ def test_every_train_yaml_loads(path):
 
 
 def test_yaml_count():  # the globs above found the files
-    assert len(DATA) >= 2 and len(MODELS) >= 7 and len(TRAINS) >= 2
+    assert len(DATA) >= 2 and len(MODELS) >= 7 and len(TRAINS) >= 1
 
 
 def _load(*argv, **files):
