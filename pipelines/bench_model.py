@@ -4,9 +4,10 @@
 Forward + backward + AdamW step on CPU, batch 32, 51 x 51 frames, window 16 (window mode:
 one predicted bin per sample), one session of 32 units; ``--clip 32 --batch 8`` is the
 trainer's clip mode (32 predicted bins per sample after 15 bins of history, the default
-batch). Predicted bins per second = batch x predicted bins per sample / step time. Each configuration runs in its own process, so its peak resident
-memory (``ru_maxrss``, the process's high-water mark, minus the same process's mark before the
-model was built) is its own. Ratios are to the ResNet + ConvGRU baseline measured in this run.
+batch). Predicted bins per second = batch x predicted bins per sample / step time. Each
+configuration runs in its own process, so its peak resident memory (``ru_maxrss``, the
+process's high-water mark, minus the same process's mark before the model was built) is its
+own. Ratios are to the ResNet + ConvGRU baseline measured in this run.
 Targets: the full model no slower than the baseline, at most 0.75 x its parameters, at most
 its peak memory (``full+recompute``: the same model with ``recompute: true``).
 

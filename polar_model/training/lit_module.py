@@ -130,8 +130,10 @@ class EncodingModule(L.LightningModule):
         """A finite loss can still give an inf or NaN gradient; gradient clipping would then
         turn every parameter into NaN and the next batch would be blamed. Stop here instead,
         naming the step, the batch and the parameters."""
-        bad = [n for n, p in self.model.named_parameters()
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        grads = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not grads or torch.stack([torch.isfinite(g).all() for _, g in grads]).all():
+            return  # one device sync per step, not one per parameter
+        bad = [n for n, g in grads if not torch.isfinite(g).all()]
         if bad:
             raise FloatingPointError(
                 f"non-finite gradient at step {self.global_step} on "
