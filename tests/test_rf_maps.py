@@ -109,6 +109,7 @@ def test_placement_reads_the_training_split_only(monkeypatch, small_demo_store):
         return real(info, split, *a, **k)
 
     monkeypatch.setattr(placement, "every_clip", spy)
+    monkeypatch.setattr(placement, "_MAPPED", {})  # maps made by other tests in this process
     model = build_model(PolarConfig(use_behavior=False, n_levels=3), spec_of(info))
     before = [r.mu.clone() for r in model.readouts]
     line = placement.place_readouts(model, info, progress=False)
@@ -117,6 +118,12 @@ def test_placement_reads_the_training_split_only(monkeypatch, small_demo_store):
     for r, b in zip(model.readouts, before):
         assert not torch.allclose(r.mu, b)
         assert r.mu.abs().max() <= 0.95 + 1e-6
+    # a second model on the same store gets the same positions without mapping again
+    again = build_model(PolarConfig(use_behavior=False, n_levels=3), spec_of(info))
+    placement.place_readouts(again, info, progress=False)
+    assert splits == ["train"]
+    for r, q in zip(model.readouts, again.readouts):
+        torch.testing.assert_close(r.mu, q.mu)
 
 
 def test_a_store_without_zarr_keeps_the_readouts_at_the_centre(tmp_path, small_demo_store):

@@ -13,6 +13,10 @@ from polar_data.zarr_windows import every_clip
 
 from ..rf_maps import RFMapper
 
+# RF positions of stores mapped in this process, keyed by the store and its Zarr files'
+# hashes: a run of many trainings on one store (bench_experiment) maps it once.
+_MAPPED: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
 
 def rf_positions(info: StoreInfo, batch_size: int = 4, progress: bool = True
                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -41,7 +45,10 @@ def place_readouts(model: torch.nn.Module, info: StoreInfo, progress: bool = Tru
     if not (Path(info.base) / "zarr").is_dir():
         return (f"readouts start at the crop centre: {info.base} has no local Zarr part "
                 "(placement reads the training split through Zarr)")
-    placed = rf_positions(info, progress=progress)
+    key = (str(info.base), tuple(sorted((k, v["sha256"]) for k, v in info.zarr_files.items())))
+    if key not in _MAPPED:
+        _MAPPED[key] = rf_positions(info, progress=progress)
+    placed = _MAPPED[key]
     heights = []
     for readout, (pos, height) in zip(model.readouts, placed):
         readout.place(pos)
