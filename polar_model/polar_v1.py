@@ -17,7 +17,7 @@ from .pyramid import LaplacianPyramid
 from .quadrature import QuadratureFilterBank
 from .readout import MultiLevelGaussianReadout
 from .spec import DataSpec
-from .summary import TemporalSummarizer, static_features
+from .summary import TemporalSummarizer, pool, static_features
 
 RECOMPUTE_STEPS = 2  # time steps per checkpointed chunk with ``recompute``
 
@@ -34,7 +34,8 @@ class PolarV1(EncodingModel):
       channels; each session has its own :class:`MultiLevelGaussianReadout`. Masks sum to
       one, so the map is applied after each unit's Gaussian pooling (the same function as a
       1x1 conv before it, at a fraction of the cost: the conv at full resolution was a third
-      of a CPU training step).
+      of a CPU training step). The summaries are pooled by the masks as they are made
+      (:class:`TemporalSummarizer`), never kept at full resolution.
     * JEPA (``use_jepa``): on the per-step spatially pooled features (training mode only).
     """
 
@@ -78,43 +79,60 @@ class PolarV1(EncodingModel):
         with the readouts placed on the RF maps)."""
         return [self.cfg.readout_sigma_px * 2.0 / (max(h, w) - 1) for h, w in self.sizes]
 
-    def level_features(self, stim: torch.Tensor, beh: tuple | None, first: int = 0
-                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per level: summaries of steps ``first ..`` ``[B, S - first, n_feat * M, H_l, W_l]``
-        and spatial means of every step's summaries ``[B, S, n_feat * M]``. ``beh``: the
-        :class:`BehaviorEncoder`'s (q, v_eff, gamma, rho), or None. The means are computed
-        only for JEPA in training (None otherwise)."""
+    def pooling_weights(self, session: int, pool: bool) -> list[torch.Tensor]:
+        """Per level ``[H_l * W_l, K]``: the columns are the session's readout masks (K = N),
+        and with ``pool`` one more uniform column (the spatial mean, for JEPA)."""
+        readout = self.readouts[session]
+        out = []
+        for level, hw in enumerate(self.sizes):
+            w = readout.masks(level, hw).flatten(1).t()
+            if pool:
+                w = torch.cat([w, w.new_full((w.shape[0], 1), 1.0 / w.shape[0])], 1)
+            out.append(w)
+        return out
+
+    def level_features(self, stim: torch.Tensor, beh: tuple | None, weights: list,
+                       first: int = 0, pool: bool = False
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per level: the summaries of steps ``first ..`` pooled by each unit's mask
+        ``[B, S - first, n_feat * M, N]``, and with ``pool`` their spatial means at every step
+        ``[B, S, n_feat * M]`` (else None). ``beh``: the :class:`BehaviorEncoder`'s (q, v_eff,
+        gamma, rho), or None; ``weights``: :meth:`pooling_weights` (the last column the mean
+        with ``pool``)."""
         B, _, S, H, W = stim.shape
         frames = stim[:, 0].reshape(B * S, 1, H, W).float()
-        pool = self.jepa is not None and self.training
-        out, pooled = [], []
+        out, means = [], []
         for level, (band, bank) in enumerate(zip(self.pyramid(frames), self.filters)):
             even, odd = bank(band)
             hw = even.shape[-2:]
             even = even.view(B, S, -1, *hw)
             odd = odd.view(B, S, -1, *hw)
+            w = weights[level]
             if not self.recurrent:
-                f, p = static_features(polar_decompose(even, odd)[0], even, odd, first)
-                out.append(f)
-                pooled.append(p)
-                continue
-            drive = ()
-            if beh is not None:
-                q, v_eff, gamma, rho = beh
-                M = self.cfg.n_pairs
-                ppd = self.spec.ppd / 2**level
-                v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up -> rows
-                sl = slice(level * M, (level + 1) * M)
-                drive = (bank.k(), q, v_pix, gamma[..., sl], rho[..., sl])
-            f, p = self._recur(even, odd, first, pool, drive)
+                f = static_features(polar_decompose(even, odd)[0], even, odd, w)
+            else:
+                drive = ()
+                if beh is not None:
+                    q, v_eff, gamma, rho = beh
+                    M = self.cfg.n_pairs
+                    ppd = self.spec.ppd / 2**level
+                    v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up
+                    sl = slice(level * M, (level + 1) * M)
+                    drive = (bank.k(), q, v_pix, gamma[..., sl], rho[..., sl])
+                f = self._recur(even, odd, w, 0 if pool else first, drive)
+            if pool:  # f holds every step and the mean column
+                means.append(f[..., -1])
+                f = f[:, first:, :, :-1]
+            elif not self.recurrent:
+                f = f[:, first:]
             out.append(f)
-            pooled.append(p)
-        return out, (pooled if pool else None)
+        return out, (means if pool else None)
 
-    def _recur(self, even, odd, first: int, pool: bool, drive: tuple):
+    def _recur(self, even, odd, weights, first: int, drive: tuple) -> torch.Tensor:
         """One level's polar decomposition, dynamics (driven by ``drive`` = (k, q, v_pix,
         gamma, rho), or none) and temporal summaries, from its quadrature responses
-        ``[B, T, M, H, W]``: (features of steps ``first ..``, spatial means or None).
+        ``[B, T, M, H, W]``: the summaries of steps ``first ..`` pooled by ``weights``
+        ``[B, T - first, 9M, K]``.
 
         With ``recompute`` (in training), time runs in chunks of ``RECOMPUTE_STEPS`` steps,
         each under activation checkpointing with the state carried: backward keeps only the
@@ -124,30 +142,31 @@ class PolarV1(EncodingModel):
         chunk = T
         if self.cfg.recompute and torch.is_grad_enabled():
             chunk = RECOMPUTE_STEPS
-        steps = [x.unbind(1) for x in (even, odd)]  # one unbind: no per-chunk full-size
-        k_pix, *per_step = drive or (None,)         # slice gradients
-        feats, pooled, state = [], [], (None, None)
+        # one unbind each: no per-chunk full-size slice gradients; the observed responses
+        # are pooled for every step at once (one matmul each)
+        steps = [x.unbind(1) for x in (even, odd, pool(even, weights), pool(odd, weights))]
+        k_pix, *per_step = drive or (None,)
+        feats, state = [], (None, None)
         for t0 in range(0, T, chunk):
             sl = slice(t0, t0 + chunk)
-            args = ([x[sl] for x in steps], first - t0, pool, state,
+            args = ([x[sl] for x in steps], weights, first - t0, state,
                     (k_pix, *(x[:, sl] for x in per_step)) if drive else ())
             if chunk < T:
-                f, p, state = checkpoint(self._chunk, *args, use_reentrant=False)
+                f, state = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
-                f, p, state = self._chunk(*args)
+                f, state = self._chunk(*args)
             if f is not None:
                 feats.append(f)
-            if p is not None:
-                pooled.append(p)
-        return torch.cat(feats, 1), torch.cat(pooled, 1) if pooled else None
+        return torch.cat(feats, 1) if len(feats) > 1 else feats[0]
 
-    def _chunk(self, steps, first, pool, state, drive):
-        even, odd = steps
+    def _chunk(self, steps, weights, first, state, drive):
+        even, odd, p_even, p_odd = steps
         amp, c, s = zip(*(polar_decompose(e, o) for e, o in zip(even, odd)))
         A, cs, ss, err, dyn_state = self.dynamics(amp, c, s, *drive, state=state[0])
-        f, p, sum_state = self.summarizer(amp, even, odd, A, cs, ss, err, max(first, 0), pool,
-                                          state=state[1])
-        return f, p, (dyn_state, sum_state)
+        p_amp = [pool(a, weights) for a in amp]
+        f, sum_state = self.summarizer(p_amp, p_even, p_odd, A, cs, ss, err, weights,
+                                       max(first, 0), state=state[1])
+        return f, (dyn_state, sum_state)
 
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
         S = self.check(stim, behavior, session)
@@ -156,12 +175,15 @@ class PolarV1(EncodingModel):
         if self.cfg.use_behavior:
             with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
                 beh = self.behavior(*self.gaze(behavior.float(), session))
-        feats, pooled = self.level_features(stim, beh, first)
+        pool_means = self.jepa is not None and self.training
+        weights = self.pooling_weights(session, pool_means)
+        feats, means = self.level_features(stim, beh, weights, first, pool_means)
         jepa_loss = None
-        if self.jepa is not None and self.training:
-            pooled = torch.cat(pooled, dim=-1)  # [B, S, C]
-            jepa_loss = self.jepa(pooled.detach() if self.cfg.jepa_stop_grad else pooled)
-        log_rate = self.readouts[session](feats, self.mix)              # [B, L, N]
+        if pool_means:
+            means = torch.cat(means, dim=-1)  # [B, S, C]
+            jepa_loss = self.jepa(means.detach() if self.cfg.jepa_stop_grad else means)
+        pooled = [f.transpose(-1, -2) for f in feats]                   # [B, L, N, C]
+        log_rate = self.readouts[session].head(pooled, self.mix)        # [B, L, N]
         if beh is not None:
             log_rate = log_rate + self.saccade_gain[session](beh[0])[:, first:]
         return ModelOutput(log_rate, jepa_loss)

@@ -104,16 +104,25 @@ class MultiLevelGaussianReadout(nn.Module):
         return gaussian_masks(self.mu, self.log_sigma[:, level].clamp(-4, 1),
                               0.9 * torch.tanh(self._corr[:, level]), hw)
 
+    def pool(self, level: int, f: torch.Tensor) -> torch.Tensor:
+        """Features ``[..., D, H, W]`` of one level pooled by each unit's mask: ``[..., N, D]``."""
+        mask = self.masks(level, tuple(f.shape[-2:]))
+        return (f.flatten(-2) @ mask.flatten(1).t()).transpose(-1, -2)
+
+    def head(self, pooled: list[torch.Tensor], mix: list[nn.Module] | None = None
+             ) -> torch.Tensor:
+        """Pooled features per level ``[B, L, N, D]`` -> log expected counts ``[B, L, N]``.
+        ``mix``: optional per-level maps ``[..., D] -> [..., dim]`` shared by all units (masks
+        sum to one, so pooling then mixing equals mixing each pixel then pooling)."""
+        out = self.bias
+        for level, p in enumerate(pooled):
+            if mix is not None:
+                p = mix[level](p)
+            out = out + (p * self.weight[:, level]).sum(-1)
+        return apply_link(out, self.link, self.log_scale, self.log_beta)
+
     def forward(self, features: list[torch.Tensor], mix: list[nn.Module] | None = None
                 ) -> torch.Tensor:
-        """``mix``: optional per-level maps of the pooled features ``[..., C] -> [..., dim]``
-        shared by all units (masks sum to one, so pooling then mixing equals mixing each
-        pixel then pooling)."""
-        out = self.bias
-        for level, f in enumerate(features):
-            mask = self.masks(level, tuple(f.shape[-2:]))
-            pooled = torch.einsum("bldhw,nhw->blnd", f, mask)
-            if mix is not None:
-                pooled = mix[level](pooled)
-            out = out + (pooled * self.weight[:, level]).sum(-1)
-        return apply_link(out, self.link, self.log_scale, self.log_beta)
+        """Features per level ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``: :meth:`pool`, then
+        :meth:`head`."""
+        return self.head([self.pool(level, f) for level, f in enumerate(features)], mix)

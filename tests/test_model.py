@@ -20,7 +20,7 @@ from polar_model.polar import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout
 from polar_model.spec import DataSpec
-from polar_model.summary import TemporalSummarizer
+from polar_model.summary import TemporalSummarizer, pool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
@@ -174,29 +174,64 @@ def test_phase_state_gradient_stays_finite_when_blends_cancel():
     assert torch.stack(cs).abs().max() <= 1.0 + 1e-6
 
 
-def test_summaries_layout_and_pooled_means():
-    """Feature k of pair m is channel k M + m at every output step (the readout's ``mix``
-    and the README's list depend on it); steps before ``first`` are left out of the
-    features but not of JEPA's spatial means, which are the features' means."""
+def test_summaries_pooled_before_the_emas_equal_pooled_full_resolution_features():
+    """The summarizer gets the observed responses already pooled and runs the EMAs and the
+    amplitude change on them: the same numbers as computing all nine features at full
+    resolution (the old order) and pooling each by the masks. Feature k of pair m is
+    channel k M + m (the readout's ``mix`` and the README's list depend on it); steps
+    before ``first`` are left out; run in two chunks with the state carried, the same."""
     torch.manual_seed(0)
-    B, T, M, H, W, first = 2, 6, 3, 4, 5, 2
+    B, T, M, H, W, first, K = 2, 6, 3, 4, 5, 2, 4
     amp, even, odd = (torch.rand(B, T, M, H, W) for _ in range(3))
     A, c, s, e = ([x for x in torch.rand(T, B, M, H, W)] for _ in range(4))
+    weights = torch.softmax(torch.randn(H * W, K), 0)
     summ = TemporalSummarizer()
-    f, p, _ = summ(amp, even, odd, A, c, s, e, first=first, pool=True)
-    assert f.shape == (B, T - first, 9 * M, H, W) and p.shape == (B, T, 9 * M)
-    for t in range(first, T):
-        ft = f[:, t - first].view(B, 9, M, H, W)
-        for k, want in ((0, A[t]), (1, A[t] * c[t]), (2, A[t] * s[t]),
-                        (7, amp[:, t] - amp[:, t - 1]), (8, e[t])):
-            torch.testing.assert_close(ft[:, k], want)
-        torch.testing.assert_close(p[:, t], f[:, t - first].mean(dim=(-2, -1)))
-    slow = torch.sigmoid(summ._alpha)[1]
-    ema = amp[:, 0]
-    for t in range(1, T):
-        ema = slow * ema + (1 - slow) * amp[:, t]
-    torch.testing.assert_close(f[:, -1].view(B, 9, M, H, W)[:, 4], ema)
-    torch.testing.assert_close(p[:, 0].view(B, 9, M)[:, 0], A[0].mean(dim=(-2, -1)))
+    f, _ = summ(pool(amp, weights), pool(even, weights), pool(odd, weights), A, c, s, e,
+                weights, first=first)
+    assert f.shape == (B, T - first, 9 * M, K)
+    fast, slow = torch.sigmoid(summ._alpha)
+    f_amp, s_amp, f_even, f_odd = amp[:, 0], amp[:, 0], even[:, 0], odd[:, 0]
+    for t in range(T):
+        if t:
+            f_amp = fast * f_amp + (1 - fast) * amp[:, t]
+            s_amp = slow * s_amp + (1 - slow) * amp[:, t]
+            f_even = fast * f_even + (1 - fast) * even[:, t]
+            f_odd = fast * f_odd + (1 - fast) * odd[:, t]
+        if t < first:
+            continue
+        change = amp[:, t] - amp[:, max(t - 1, 0)]
+        want = (A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd, change, e[t])
+        got = f[:, t - first].view(B, 9, M, K)
+        for k, full_res in enumerate(want):
+            torch.testing.assert_close(got[:, k], pool(full_res, weights))
+    # in two chunks, the second continuing from the state the first left
+    split = 4
+    f1, state = summ(pool(amp[:, :split], weights), pool(even[:, :split], weights),
+                     pool(odd[:, :split], weights), A[:split], c[:split], s[:split],
+                     e[:split], weights, first=first)
+    f2, _ = summ(pool(amp[:, split:], weights), pool(even[:, split:], weights),
+                 pool(odd[:, split:], weights), A[split:], c[split:], s[split:], e[split:],
+                 weights, first=0, state=state)
+    torch.testing.assert_close(torch.cat([f1, f2], 1), f)
+
+
+def test_model_pools_each_feature_map_by_the_readout_masks():
+    """The model's readout input equals the readout's own pooling of full-resolution
+    features: a static model's amplitude/even/odd maps pooled by ``readout.pool``."""
+    torch.manual_seed(0)
+    m = model("static").eval()
+    stim, gaze = batch()
+    w = m.pooling_weights(0, pool=False)
+    feats, _ = m.level_features(stim, None, w, first=W - 1)
+    B, S = stim.shape[0], stim.shape[2]
+    bands = m.pyramid(stim[:, 0].reshape(B * S, 1, *stim.shape[-2:]).float())
+    for level, (band, bank) in enumerate(zip(bands, m.filters)):
+        even, odd = bank(band)
+        even, odd = (x.view(B, S, -1, *x.shape[-2:]) for x in (even, odd))
+        amp = torch.sqrt(even**2 + odd**2 + 1e-8)
+        full = torch.cat([amp, even, odd], 2)[:, W - 1:]
+        torch.testing.assert_close(feats[level].transpose(-1, -2),
+                                   m.readouts[0].pool(level, full), rtol=1e-4, atol=1e-5)
 
 
 def test_saccade_gate_opens_only_for_saccades():
