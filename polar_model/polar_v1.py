@@ -51,7 +51,8 @@ class PolarV1(EncodingModel):
         self.recurrent = cfg.temporal == "recurrent"
         n_feat = TemporalSummarizer.n_features if self.recurrent else 3
         if self.recurrent:
-            self.dynamics = PolarDynamics(self.dt, cfg.lambda_fix, cfg.lambda_sac)
+            self.dynamics = PolarDynamics(self.dt, cfg.lambda_fix, cfg.lambda_sac,
+                                          cfg.compile_dynamics)
             self.summarizer = TemporalSummarizer()
         if cfg.use_behavior:
             self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,

@@ -389,6 +389,49 @@ def test_recompute_gives_the_same_loss_and_gradients(name):
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
+@pytest.mark.slow
+def test_compiled_dynamics_give_the_same_loss_and_gradients():
+    """``compile_dynamics: true`` runs each step of the dynamics through torch.compile
+    (~1 minute of compiling on a CPU): the same loss and gradients as eager steps."""
+    stim, gaze = batch(S=W + 6)
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        m = model("behavior", {"compile_dynamics": compiled}).train()
+        log_rate = m(stim, gaze, 0).log_rate
+        loss = masked_poisson_nll(log_rate, torch.full_like(log_rate, 0.5).floor(),
+                                  torch.ones_like(log_rate))
+        loss.backward()
+        out.append((loss.detach(), {n: p.grad for n, p in m.named_parameters()
+                                    if p.grad is not None}))
+    (l0, g0), (l1, g1) = out
+    torch.testing.assert_close(l1, l0)
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_a_failing_compile_falls_back_to_eager_steps_with_a_warning(monkeypatch):
+    """Without a working compiler (torch.compile raising at the first call) the dynamics
+    warn once and run eagerly, with the eager results."""
+    from polar_model import dynamics
+
+    def broken(fn, **kw):
+        def call(*a):
+            raise RuntimeError("no C++ compiler")
+        return call
+
+    monkeypatch.setattr(dynamics.torch, "compile", broken)
+    monkeypatch.setattr(dynamics, "_COMPILED", [])
+    amp, c, s = (torch.rand(2, 4, 3, 5, 5) for _ in range(3))
+    want = PolarDynamics(1 / 120, 10.0, 40.0)(amp, c, s)
+    with pytest.warns(UserWarning, match="torch.compile of the polar dynamics failed"):
+        got = PolarDynamics(1 / 120, 10.0, 40.0, compiled=True)(amp, c, s)
+    for a, b in zip(got[:4], want[:4]):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
+
+
 @pytest.mark.parametrize("name", ["full", "baseline"])
 def test_bf16_autocast_keeps_gaze_in_float32(name):
     """Mixed precision (``precision: bf16-mixed``) runs the image path in bfloat16 but the
