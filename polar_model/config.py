@@ -39,8 +39,9 @@ class PolarConfig:
     recompute: bool = False         # recurrent: keep only each level's inputs and outputs of
                                     # the dynamics + summaries and recompute the per-step
                                     # states in backward (less memory, some more time)
-    compile_dynamics: bool = False  # recurrent: each step of the dynamics through
-                                    # torch.compile (fused kernels; compiled once per process)
+    compile_dynamics: bool = False  # recurrent: each step's polar decomposition and
+                                    # dynamics through torch.compile (fused kernels;
+                                    # compiled once per process, ~1 min on a CPU)
     saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
     readout_dim: int = 32           # per-level feature channels fed to the readout
     readout_sigma_px: float = 1.5   # initial Gaussian std, in pixels of each level

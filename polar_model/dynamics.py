@@ -4,11 +4,12 @@ Fourier shift theorem."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .compiled import compiled
 
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
 
@@ -35,10 +36,11 @@ class PolarDynamics(nn.Module):
       to 1e4 per such step, which overflowed to inf in training (demo seed 1, step 116).
     """
 
-    def __init__(self, dt: float, lambda_fix: float, lambda_sac: float, compiled: bool = False):
+    def __init__(self, dt: float, lambda_fix: float, lambda_sac: float,
+                 use_compile: bool = False):
         super().__init__()
         self.dt = dt
-        self.compiled = compiled  # each step through torch.compile (:func:`_step_compiled`)
+        self.use_compile = use_compile  # each step through torch.compile (:mod:`.compiled`)
         self._lam = nn.Parameter(torch.log(torch.expm1(torch.tensor([lambda_fix, lambda_sac]))))
 
     @property
@@ -76,7 +78,7 @@ class PolarDynamics(nn.Module):
             As, cs, ss, es = [A], [c], [s], [torch.zeros_like(A)]
         else:
             A, c, s = state
-        step = _step_compiled() if self.compiled else _step
+        step = compiled(_step) if self.use_compile else _step
         for t in range(len(As), T):
             rot = (cds[t], sds[t]) if dphi is not None else ()
             A, c, s, e = step(A, c, s, amps[t], coss[t], sins[t], decays[t], *rot)
@@ -98,31 +100,6 @@ def _step(A, c, s, ao, co, so, r, cd=None, sd=None):
     c, s = c * r + co * (1 - r), s * r + so * (1 - r)
     inv = torch.rsqrt((c * c + s * s).clamp_min(PHASE_FLOOR))
     return A, c * inv, s * inv, e
-
-
-_COMPILED: list = []
-
-
-def _step_compiled():
-    """:func:`_step` through ``torch.compile`` (one fused kernel per step, forward and
-    backward; compiled once per process for every shape, ~1-2 minutes on a CPU, cached on
-    disk by PyTorch). If compiling fails (e.g. no C++ compiler), warns once and runs
-    :func:`_step` eagerly."""
-    if not _COMPILED:
-        compiled = torch.compile(_step, dynamic=True)
-
-        def step(*args):
-            if _COMPILED[1]:
-                try:
-                    return compiled(*args)
-                except Exception as e:  # the backend, not the math: eager re-raises those
-                    warnings.warn(f"torch.compile of the polar dynamics failed ({type(e).__name__}: "
-                                  f"{str(e)[:200]}); running them eagerly", stacklevel=2)
-                    _COMPILED[1] = False
-            return _step(*args)
-
-        _COMPILED[:] = [step, True]
-    return _COMPILED[0]
 
 
 def _steps(x) -> list[torch.Tensor]:

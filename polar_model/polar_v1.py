@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import EncodingModel, ModelOutput
+from .compiled import compiled
 from .config import PolarConfig
 from .dynamics import PolarDynamics
 from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
@@ -162,7 +163,8 @@ class PolarV1(EncodingModel):
 
     def _chunk(self, steps, weights, first, state, drive):
         even, odd, p_even, p_odd = steps
-        amp, c, s = zip(*(polar_decompose(e, o) for e, o in zip(even, odd)))
+        polar = compiled(polar_decompose) if self.cfg.compile_dynamics else polar_decompose
+        amp, c, s = zip(*(polar(e, o) for e, o in zip(even, odd)))
         A, cs, ss, err, dyn_state = self.dynamics(amp, c, s, *drive, state=state[0])
         p_amp = [pool(a, weights) for a in amp]
         f, sum_state = self.summarizer(p_amp, p_even, p_odd, A, cs, ss, err, weights,
