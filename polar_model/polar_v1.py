@@ -16,9 +16,9 @@ from .jepa import JEPA
 from .polar import polar_decompose
 from .pyramid import LaplacianPyramid
 from .quadrature import QuadratureFilterBank
-from .readout import MultiLevelGaussianReadout
+from .readout import MultiLevelGaussianReadout, pool
 from .spec import DataSpec
-from .summary import TemporalSummarizer, pool, static_features
+from .summary import TemporalSummarizer, static_features
 
 RECOMPUTE_STEPS = 2  # time steps per checkpointed chunk with ``recompute``
 
@@ -84,10 +84,9 @@ class PolarV1(EncodingModel):
     def pooling_weights(self, session: int, pool: bool) -> list[torch.Tensor]:
         """Per level ``[H_l * W_l, K]``: the columns are the session's readout masks (K = N),
         and with ``pool`` one more uniform column (the spatial mean, for JEPA)."""
-        readout = self.readouts[session]
         out = []
         for level, hw in enumerate(self.sizes):
-            w = readout.masks(level, hw).flatten(1).t()
+            w = self.readouts[session].weights(level, hw)
             if pool:
                 w = torch.cat([w, w.new_full((w.shape[0], 1), 1.0 / w.shape[0])], 1)
             out.append(w)

@@ -36,6 +36,12 @@ def apply_link(x: torch.Tensor, link: str, log_scale: torch.Tensor,
     raise ValueError(f"output_link must be one of {LINKS}, got {link!r}")
 
 
+def pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``x [..., H, W]`` pooled by ``weights [H * W, K]`` (one column per mask) ->
+    ``[..., K]``."""
+    return x.flatten(-2) @ weights
+
+
 def gaussian_masks(mu, log_sigma, corr, hw: tuple[int, int]) -> torch.Tensor:
     """Normalised 2-D Gaussian masks ``[N, H, W]`` (each sums to 1) on a [-1, 1]^2 grid.
 
@@ -104,10 +110,13 @@ class MultiLevelGaussianReadout(nn.Module):
         return gaussian_masks(self.mu, self.log_sigma[:, level].clamp(-4, 1),
                               0.9 * torch.tanh(self._corr[:, level]), hw)
 
+    def weights(self, level: int, hw: tuple[int, int]) -> torch.Tensor:
+        """The masks of one level as pooling weights ``[H * W, N]`` (for :func:`pool`)."""
+        return self.masks(level, hw).flatten(1).t()
+
     def pool(self, level: int, f: torch.Tensor) -> torch.Tensor:
         """Features ``[..., D, H, W]`` of one level pooled by each unit's mask: ``[..., N, D]``."""
-        mask = self.masks(level, tuple(f.shape[-2:]))
-        return (f.flatten(-2) @ mask.flatten(1).t()).transpose(-1, -2)
+        return pool(f, self.weights(level, tuple(f.shape[-2:]))).transpose(-1, -2)
 
     def head(self, pooled: list[torch.Tensor], mix: list[nn.Module] | None = None
              ) -> torch.Tensor:

@@ -6,12 +6,7 @@ import torch
 from torch import nn
 
 from .dynamics import _steps
-
-
-def pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``x [..., H, W]`` pooled by ``weights [H * W, K]`` (one column per mask) ->
-    ``[..., K]``."""
-    return x.flatten(-2) @ weights
+from .readout import pool
 
 
 class TemporalSummarizer(nn.Module):

@@ -18,9 +18,9 @@ from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator, bits_per_spike, oracle_bps, summarize_bps
 from polar_model.polar import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
-from polar_model.readout import MultiLevelGaussianReadout
+from polar_model.readout import MultiLevelGaussianReadout, pool
 from polar_model.spec import DataSpec
-from polar_model.summary import TemporalSummarizer, pool
+from polar_model.summary import TemporalSummarizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
