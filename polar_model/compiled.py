@@ -9,7 +9,7 @@ OpenMP, needs a C++ compiler; GPU: Triton). Compiled once per process for every 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
