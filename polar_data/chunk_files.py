@@ -47,17 +47,24 @@ class ChunkFiles:
               and isinstance(meta.codecs[1], ZstdCodec))
         return cls(Path(array.store.root) / array.path, meta) if ok else None
 
+    def chunk_bytes(self, k: int) -> bytes | None:
+        """The stored (zstd-compressed) bytes of chunk ``k`` (rows ``k * rows ..``), a
+        standalone zstd frame; None when no file is stored (all fill value)."""
+        zeros = (0,) * len(self.row_shape)
+        try:
+            return (self.folder / self.meta.encode_chunk_key((k, *zeros))).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def __call__(self, a: int, b: int) -> np.ndarray:
         if not 0 <= a <= b <= self.n_rows:
             raise IndexError(f"{self.folder}: rows {a}..{b} of {self.n_rows}")
         c = self.rows
         out = np.empty((b - a, *self.row_shape), self.dtype)
-        zeros = (0,) * len(self.row_shape)
         for k in range(a // c, -(-b // c)):
             lo, hi = max(a, k * c), min(b, (k + 1) * c)
-            try:
-                raw = (self.folder / self.meta.encode_chunk_key((k, *zeros))).read_bytes()
-            except FileNotFoundError:
+            raw = self.chunk_bytes(k)
+            if raw is None:
                 out[lo - a : hi - a] = self.fill
                 continue
             if lo == k * c and hi == (k + 1) * c:  # a whole chunk: decoded in place

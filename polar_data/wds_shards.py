@@ -4,7 +4,9 @@ Each sample is one clip (see :mod:`polar_data.clips`): ``n`` target bins (``n <=
 plus the ``window_len - 1`` bins of history before them, ``S = window_len - 1 + n`` bins in
 all, oldest first. Members of a sample (key ``<session index>_<first target bin>``); every
 array is a ``.npy`` file (numpy's format, header included) compressed with zstd, so plain
-tools decode it (``zstd -d``, or ``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``):
+tools decode it (``zstd -d``, or ``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``,
+numcodecs >= 0.16.4: ``stim`` is several zstd frames one after the other, the Zarr store's
+own compressed chunks reused where a whole chunk lies in the clip):
 
     meta.json         session, session_index, split, start (first target bin), n_targets,
                       window_len, clip_len, frame_hw
@@ -45,6 +47,38 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return numcodecs.Zstd(level=_ZSTD_LEVEL).encode(buf.getvalue())
+
+
+def _npy_header(shape: tuple, dtype) -> bytes:
+    """The header ``np.save`` writes for a C-order array of ``shape`` and ``dtype``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": tuple(int(x) for x in shape)})
+    return buf.getvalue()
+
+
+def _frames_npy(g: GroupReader, a: int, b: int) -> bytes:
+    """``stim.npy.zst`` of rows ``a .. b-1``: the bytes of ``_npy(frames)`` once decoded,
+    made of concatenated zstd frames (which zstd decodes as one stream): the stored Zarr
+    chunk files of every whole chunk inside ``a .. b-1`` as they are (compressed once, at
+    ingestion), and the header with the rows before the first whole chunk and the rows after
+    the last one compressed here. Without chunk files (not a local store of our layout) the
+    whole clip is compressed here."""
+    files = g.files["stim"]
+    if files is None or b - a < files.rows:
+        return _npy(g.read("stim", a, b))
+    zstd = numcodecs.Zstd(level=_ZSTD_LEVEL)
+    c = files.rows
+    c0, c1 = -(-a // c) * c, (b // c) * c  # whole chunks: rows c0 .. c1-1
+    head = _npy_header((b - a, *files.row_shape), files.dtype)
+    parts = [zstd.encode(head + files(a, c0).tobytes())]
+    for k in range(c0 // c, c1 // c):
+        raw = files.chunk_bytes(k)
+        parts.append(raw if raw is not None else zstd.encode(files(k * c, (k + 1) * c)))
+    if c1 < b:
+        parts.append(zstd.encode(files(c1, b)))
+    return b"".join(parts)
 
 
 _NPY_HEADERS: dict[bytes, tuple] = {}  # header bytes -> (shape, fortran order, dtype)
@@ -133,16 +167,15 @@ def encode_clip(g: GroupReader, session_index: int, split: str, start: int, n_ta
                 window_len: int) -> dict:
     """Read one clip from session ``g`` and encode it as a WebDataset sample dict."""
     a, b = start - (window_len - 1), start + n_targets
-    stim = g.read("stim", a, b)
     meta = {
         "session": g.name, "session_index": int(session_index), "split": split,
         "start": int(start), "n_targets": int(n_targets), "window_len": int(window_len),
-        "clip_len": g.clip_len, "frame_hw": list(stim.shape[1:]),
+        "clip_len": g.clip_len, "frame_hw": [int(x) for x in g["stim"].shape[1:]],
     }
     sample = {
         "__key__": f"{session_index:04d}_{start:09d}",
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
-        "stim.npy.zst": _npy(stim),
+        "stim.npy.zst": _frames_npy(g, a, b),
         "eyepos.npy.zst": _npy(g.read("eyepos", a, b)),
         "t.npy.zst": _npy(g.read("t", a, b)),
         "robs.npy.zst": _npy(g.read("robs", start, b)),
@@ -207,13 +240,33 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def write_tar_sample(tf: tarfile.TarFile, sample: dict) -> None:
-    """Append one sample's members (name order, ``<key>.<member>``) to an open tar stream."""
+def tar_sample_parts(sample: dict) -> list[bytes]:
+    """One sample's members (name order, ``<key>.<member>``) as a tar stream holds them, in
+    pieces to write one after the other: each member's header, its bytes, and NUL padding
+    to the next 512-byte block, exactly as ``tarfile`` (and so webdataset's TarWriter)
+    appends them."""
     key = sample["__key__"]
+    parts = []
     for k in sorted(sample):
         if not k.startswith("_"):
             v = sample[k]
-            tf.addfile(_tar_member(f"{key}.{k}", len(v)), io.BytesIO(v))
+            parts += [_tar_member(f"{key}.{k}", len(v)).tobuf(tarfile.PAX_FORMAT, "utf-8",
+                                                              "surrogateescape"),
+                      v, tarfile.NUL * (-len(v) % tarfile.BLOCKSIZE)]
+    return parts
+
+
+def tar_end_bytes(offset: int) -> bytes:
+    """The end of a tar stream of ``offset`` bytes so far: two NUL blocks, then NULs up to a
+    whole record (20 blocks), as ``tarfile`` closes a stream."""
+    offset += 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (2 * tarfile.BLOCKSIZE + (-offset % tarfile.RECORDSIZE))
+
+
+def _encoded(*job) -> tuple[dict, list[bytes], str]:
+    """One clip encoded, as tar pieces, with its digest (all in a pool thread)."""
+    sample = encode_clip(*job)
+    return sample, tar_sample_parts(sample), sample_digest(sample)
 
 
 def _in_order(fn, jobs, threads: int):
@@ -258,16 +311,16 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     jobs = ((groups[int(sess)], int(sess), split, int(start), int(n), window_len)
             for sess, start, n in rows)
     with open(part, "wb") as f:
-        out = HashingWriter(f)
         # a plain (pax-format) tar stream, as webdataset's TarWriter writes it
-        with tarfile.open(fileobj=out, mode="w|") as tf:
-            samples = _in_order(encode_clip, jobs,
-                                default_threads() if threads is None else threads)
-            for (sess, _, n), sample in zip(rows, samples):
-                write_tar_sample(tf, sample)
-                digests[sample["__key__"]] = sample_digest(sample)
-                owned += int(n)
-                per_session[names[sess]] = per_session.get(names[sess], 0) + 1
+        out = HashingWriter(f)
+        samples = _in_order(_encoded, jobs, default_threads() if threads is None else threads)
+        for (sess, _, n), (sample, parts, digest) in zip(rows, samples):
+            for data in parts:
+                out.write(data)
+            digests[sample["__key__"]] = digest
+            owned += int(n)
+            per_session[names[sess]] = per_session.get(names[sess], 0) + 1
+        out.write(tar_end_bytes(out.nbytes))
     part.replace(shard_path)
     return {"name": shard_path.name, "split": split, "n_samples": int(len(rows)),
             "n_targets": owned, "sessions": dict(sorted(per_session.items())),

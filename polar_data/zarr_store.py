@@ -180,7 +180,6 @@ class _FrameChunks(_Appender):
         self.inflight: deque[tuple[str, Future]] = deque()
         self.files: dict[str, tuple[int, str]] = {}
         self.pixels = [0, 0, 0]
-        self.flush_rows = chunk_rows  # each whole chunk goes to the pool at once
 
     def _submit(self, block: np.ndarray, n_rows: int) -> None:
         while len(self.inflight) >= self.max_ahead:
@@ -199,9 +198,27 @@ class _FrameChunks(_Appender):
         if size:
             self.files[rel] = (size, digest)
 
+    def add(self, block: np.ndarray) -> None:
+        """Whole chunks go to the pool as views of ``block`` (never copied: the caller
+        hands over ``block`` and never changes it after); the rows left over wait for
+        the next block."""
+        block = np.asarray(block, dtype=np.uint8)
+        if self.n_pending:
+            k = min(self.rows - self.n_pending, len(block))
+            self.pending.append(block[:k])
+            self.n_pending += k
+            block = block[k:]
+            if self.n_pending < self.rows:
+                return
+            self._write(np.concatenate(self.pending))
+            self.pending, self.n_pending = [], 0
+        k = (len(block) // self.rows) * self.rows
+        self._write(block[:k])
+        if k < len(block):
+            self.pending, self.n_pending = [block[k:]], len(block) - k
+
     def _write(self, data: np.ndarray) -> None:
-        # ``data`` is a fresh array (``add`` concatenates), never changed after: tasks may
-        # hold views of it
+        # ``data`` is never changed after (see ``add``): tasks may hold views of it
         for i in range(0, len(data), self.rows):
             block = np.ascontiguousarray(data[i : i + self.rows])
             n = len(block)

@@ -182,3 +182,34 @@ def test_stim_member_decodes_with_numcodecs(tiny_store):
     sample = next(iter(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)))
     stim = np.load(io.BytesIO(numcodecs.Zstd().decode(sample["stim.npy.zst"])))
     assert stim.dtype == np.uint8 and stim.ndim == 3
+
+
+def test_stim_member_reuses_zarr_chunks_and_decodes_to_the_frames(tmp_path):
+    """A clip's stim member is the Zarr chunk files of the whole chunks inside it, as stored,
+    between zstd frames holding the header and the rows at either end: decoded (numcodecs
+    and the zstd command line alike) it is exactly ``np.save`` of the frames, for clips
+    starting and ending on or off chunk edges, over an all-zero chunk (no file) and up to
+    the last, padded chunk."""
+    import shutil
+    import subprocess
+
+    from polar_data.wds_shards import _frames_npy, _from_npy
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, (45, 6, 7), dtype=np.uint8)
+    data[16:24] = 0  # chunk 2 not stored
+    g = _zarr_reference(tmp_path / "g", data, 8)
+    reader = SimpleNamespace(files={"stim": ChunkFiles.of(g["stim"])},
+                             read=lambda name, a, b: g[name][a:b])
+    chunk3 = (tmp_path / "g" / "stim" / "c" / "3" / "0" / "0").read_bytes()
+    for a, b in [(0, 45), (8, 32), (3, 29), (5, 12), (0, 8), (17, 45), (40, 45), (2, 9)]:
+        member = _frames_npy(reader, a, b)
+        buf = io.BytesIO()
+        np.save(buf, data[a:b], allow_pickle=False)
+        assert bytes(numcodecs.Zstd().decode(member)) == buf.getvalue(), (a, b)
+        np.testing.assert_array_equal(_from_npy(member), data[a:b])
+        assert (chunk3 in member) == (a <= 24 and b >= 32), (a, b)
+    if shutil.which("zstd"):
+        out = subprocess.run(["zstd", "-d", "-c"], input=_frames_npy(reader, 3, 45),
+                             capture_output=True, check=True).stdout
+        np.testing.assert_array_equal(np.load(io.BytesIO(out)), data[3:45])

@@ -411,8 +411,10 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
         if not screen:
             rows = f_of_bin[a:b]
             lo = int(rows.min())
-            block = series.data[lo : int(rows.max()) + 1]  # one contiguous read
-            return to_uint8_luminance(np.asarray(block)[rows - lo], where)
+            block = np.asarray(series.data[lo : int(rows.max()) + 1])  # one contiguous read
+            if len(block) != len(rows) or (np.diff(rows) != 1).any():  # repeats, skips
+                block = block[rows - lo]
+            return to_uint8_luminance(block, where)
         out = np.full((b - a, *frame_hw), int(round(fill)), dtype=np.uint8)
         p_chunk = p_of_bin[a:b]
         for p in np.unique(p_chunk[p_chunk >= 0]):
