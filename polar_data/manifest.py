@@ -82,7 +82,7 @@ def check_chunk_files(zarr_dir: Path, table: dict[str, dict], full_hash: bool = 
     zarr_dir = Path(zarr_dir)
     for rel, info in table.items():
         p = zarr_dir / rel
-        where = f"{zarr_dir}: array {rel.rsplit('/c/', 1)[0]!r}, file {rel!r}"
+        where = f"{zarr_dir}: array {rel.rsplit('/', 1)[0]!r}, file {rel!r}"
         try:
             size = p.stat().st_size
         except FileNotFoundError:

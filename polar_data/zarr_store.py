@@ -99,6 +99,9 @@ def train_mean_rates(robs: np.ndarray, dfs: np.ndarray, split: np.ndarray) -> np
 
 
 _FLUSH_BYTES = 2 << 20  # pending rows of a small array written once they reach this
+# chunk files named ``c.<k>.0...`` side by side in the array's folder (Zarr v3's default
+# encoding with its other separator): one file per chunk, no folder per chunk index
+CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 class _Appender:
@@ -112,6 +115,7 @@ class _Appender:
         self.array = group.create_array(name, shape=(0, *row_shape),
                                         chunks=(chunk_rows, *row_shape), dtype=dtype,
                                         compressors=comp, dimension_names=dims,
+                                        chunk_key_encoding=CHUNK_KEYS,
                                         attributes={"units": units})
         self.rows, self.pending, self.n_pending = chunk_rows, [], 0
         chunk_bytes = chunk_rows * int(np.prod(row_shape)) * np.dtype(dtype).itemsize
@@ -331,7 +335,7 @@ def _write_session_group(chunks, group_path: Path, window_len: int, store_cfg, p
         dims, units = ARRAY_DIMS[name.split("/")[0]]
         a = g.create_array(name, shape=data.shape, chunks=chunk_shape, dtype=data.dtype,
                            compressors=comp, dimension_names=dims,
-                           attributes={"units": units})
+                           chunk_key_encoding=CHUNK_KEYS, attributes={"units": units})
         a[...] = data
 
     n_windows, n_clips = {}, {}

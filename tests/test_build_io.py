@@ -21,7 +21,7 @@ from polar_data.wds_shards import (
     sample_digest,
     write_shard,
 )
-from polar_data.zarr_store import open_root, pixel_sums, write_session_group
+from polar_data.zarr_store import CHUNK_KEYS, open_root, pixel_sums, write_session_group
 
 
 def _tree(folder):
@@ -56,7 +56,7 @@ def _zarr_reference(path, data, rows, level=3):
     g = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     a = g.create_array("stim", shape=data.shape, chunks=(rows, *data.shape[1:]),
                        dtype=np.uint8, compressors=zarr.codecs.ZstdCodec(level=level),
-                       dimension_names=("time", "y", "x"),
+                       dimension_names=("time", "y", "x"), chunk_key_encoding=CHUNK_KEYS,
                        attributes={"units": "luminance, uint8 0..255 (row 0 = top)"})
     a[...] = data
     return g
@@ -81,7 +81,7 @@ def test_frame_chunks_are_zarrs_own_bytes(tmp_path, tiny_sources, threads):
     assert len(stim) % 7  # a partial last chunk
     ref = _zarr_reference(tmp_path / "ref", stim, 7)
     mine, theirs = _tree(out / "stim"), _tree(tmp_path / "ref" / "stim")
-    assert mine.keys() == theirs.keys() and "c/0/0/0" not in mine
+    assert mine.keys() == theirs.keys() and "c.0.0.0" not in mine
     assert [k for k in mine if mine[k] != theirs[k]] == []
     np.testing.assert_array_equal(open_root(out)["stim"][...], ref["stim"][...])
     assert files == {f"stim/{k}": (len(v), hashlib.sha256(v).hexdigest())
@@ -110,7 +110,7 @@ def test_chunk_files_read_what_zarr_reads(tmp_path):
     data = rng.integers(0, 256, (37, 5, 6), dtype=np.uint8)
     data[8:16] = 0  # chunk 2 not stored
     g = _zarr_reference(tmp_path / "g", data, 4)
-    assert not (tmp_path / "g" / "stim" / "c" / "2").exists()
+    assert not (tmp_path / "g" / "stim" / "c.2.0.0").exists()
     frames = ChunkFiles.of(g["stim"])
     assert frames is not None
     for a, b in [(0, 37), (0, 4), (3, 9), (8, 16), (4, 12), (35, 37), (36, 36), (10, 11)]:
@@ -173,7 +173,7 @@ def test_manifest_hashes_taken_while_writing_match_the_files(tiny_store):
         p = tiny_store / "wds" / e["name"]
         assert (e["bytes"], e["sha256"]) == (p.stat().st_size, sha256_file(p))
     parts = [json.loads(p.read_text()) for p in (tiny_store / "parts").glob("session-*.json")]
-    assert parts and all(any(k.startswith("stim/c/") for k in p["files"]) for p in parts)
+    assert parts and all(any(k.startswith("stim/c.") for k in p["files"]) for p in parts)
 
 
 def test_stim_member_decodes_with_numcodecs(tiny_store):
@@ -201,7 +201,7 @@ def test_stim_member_reuses_zarr_chunks_and_decodes_to_the_frames(tmp_path):
     g = _zarr_reference(tmp_path / "g", data, 8)
     reader = SimpleNamespace(files={"stim": ChunkFiles.of(g["stim"])},
                              read=lambda name, a, b: g[name][a:b])
-    chunk3 = (tmp_path / "g" / "stim" / "c" / "3" / "0" / "0").read_bytes()
+    chunk3 = (tmp_path / "g" / "stim" / "c.3.0.0").read_bytes()
     for a, b in [(0, 45), (8, 32), (3, 29), (5, 12), (0, 8), (17, 45), (40, 45), (2, 9)]:
         member = _frames_npy(reader, a, b)
         buf = io.BytesIO()
