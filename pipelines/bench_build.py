@@ -180,8 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--crop-px", type=int, default=151)
     p.add_argument("--rate", type=float, default=120.0)
     p.add_argument("--sessions", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2, help="build worker processes (each "
-                   "compresses in threads, see polar_data.build._threads)")
+    p.add_argument("--workers", type=int, default=1, help="build worker processes, as "
+                   "build_shards.py --workers (default 1, its default: one process, two "
+                   "sessions side by side, compressing in threads; see polar_data.build)")
     p.add_argument("--naive-windows", type=int, default=3000)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
     p.add_argument("--memory", type=float, nargs="*", metavar="MINUTES",
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
                 return format(v, fmt) if v is not None else "-".rjust(width)
             print(f"{name:<44}{f(rate, '9.1f')}{f(ratio, '9.3f')}"
                   f"{f(size and size / 1e6, '12.1f')}{f(sratio, '9.3f')}")
-        print(f"\nworkers={a.workers} (processes) on {cores} cores; naive layout measured "
+        print(f"\nworkers={a.workers} (build processes) on {cores} cores; naive layout measured "
               f"on {a.naive_windows} windows.")
         print(f"ingestion / zstd pass: {t_zstd / t_build:.2f}   (MB/s of the whole build over "
               f"MB/s of one zstd-{level} pass over the same frames, {cores} threads on the same "
