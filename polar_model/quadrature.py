@@ -83,5 +83,5 @@ class QuadratureFilterBank(nn.Module):
         pixel-normalised, so zero is the mean grey); ``stride`` s: every s-th pixel of those
         (the same values, at 1/s^2 of the cost)."""
         y = F.conv2d(x, self.kernels(), padding=self.size // 2, stride=stride)
-        M = y.shape[1] // 2
-        return y[:, :M], y[:, M:]
+        even, odd = y.split(y.shape[1] // 2, dim=1)  # backward: one cat, no zero-filled copies
+        return even, odd
