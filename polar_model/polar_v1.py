@@ -120,20 +120,24 @@ class PolarV1(EncodingModel):
                     v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up
                     sl = slice(level * M, (level + 1) * M)
                     drive = (bank.k(), q, v_pix, gamma[..., sl], rho[..., sl])
-                f = self._recur(even, odd, w, 0 if pool else first, drive)
-            if pool:  # f holds every step and the mean column
-                means.append(f[..., -1])
-                f = f[:, first:, :, :-1]
-            elif not self.recurrent:
+                f, early = self._recur(even, odd, w, first, drive, pool)
+            if not self.recurrent:  # every step, the mean column with ``pool``
+                if pool:
+                    means.append(f[..., -1])
                 f = f[:, first:]
-            out.append(f)
+            elif pool:  # steps first .. with the mean column; the earlier ones' means
+                means.append(f[..., -1] if early is None
+                             else torch.cat([early, f[..., -1]], 1))
+            out.append(f[..., :-1] if pool else f)
         return out, (means if pool else None)
 
-    def _recur(self, even, odd, weights, first: int, drive: tuple) -> torch.Tensor:
+    def _recur(self, even, odd, weights, first: int, drive: tuple, means: bool = False):
         """One level's polar decomposition, dynamics (driven by ``drive`` = (k, q, v_pix,
         gamma, rho), or none) and temporal summaries, from its quadrature responses
         ``[B, T, M, H, W]``: the summaries of steps ``first ..`` pooled by ``weights``
-        ``[B, T - first, 9M, K]``.
+        ``[B, T - first, 9M, K]``, and with ``means`` (the last column of ``weights`` the
+        spatial mean) the spatial means of the earlier steps' summaries ``[B, first, 9M]``
+        (else None).
 
         With ``recompute`` (in training), time runs in chunks of ``RECOMPUTE_STEPS`` steps,
         each under activation checkpointing with the state carried: backward keeps only the
@@ -147,28 +151,29 @@ class PolarV1(EncodingModel):
         # are pooled for every step at once (one matmul each)
         steps = [x.unbind(1) for x in (even, odd, pool(even, weights), pool(odd, weights))]
         k_pix, *per_step = drive or (None,)
-        feats, state = [], (None, None)
+        feats, early, state = [], [], (None, None)
         for t0 in range(0, T, chunk):
             sl = slice(t0, t0 + chunk)
             args = ([x[sl] for x in steps], weights, first - t0, state,
-                    (k_pix, *(x[:, sl] for x in per_step)) if drive else ())
+                    (k_pix, *(x[:, sl] for x in per_step)) if drive else (), means)
             if chunk < T:
-                f, state = checkpoint(self._chunk, *args, use_reentrant=False)
+                f, e, state = checkpoint(self._chunk, *args, use_reentrant=False)
             else:
-                f, state = self._chunk(*args)
-            if f is not None:
-                feats.append(f)
-        return torch.cat(feats, 1) if len(feats) > 1 else feats[0]
+                f, e, state = self._chunk(*args)
+            feats += [f] if f is not None else []
+            early += [e] if e is not None else []
+        return (torch.cat(feats, 1) if len(feats) > 1 else feats[0],
+                (torch.cat(early, 1) if len(early) > 1 else early[0]) if early else None)
 
-    def _chunk(self, steps, weights, first, state, drive):
+    def _chunk(self, steps, weights, first, state, drive, means):
         even, odd, p_even, p_odd = steps
         polar = compiled(polar_decompose) if self.cfg.compile_dynamics else polar_decompose
         amp, c, s = zip(*(polar(e, o) for e, o in zip(even, odd)))
         A, cs, ss, err, dyn_state = self.dynamics(amp, c, s, *drive, state=state[0])
         p_amp = [pool(a, weights) for a in amp]
-        f, sum_state = self.summarizer(p_amp, p_even, p_odd, A, cs, ss, err, weights,
-                                       max(first, 0), state=state[1])
-        return f, (dyn_state, sum_state)
+        f, early, sum_state = self.summarizer(p_amp, p_even, p_odd, A, cs, ss, err, weights,
+                                              max(first, 0), state=state[1], means=means)
+        return f, early, (dyn_state, sum_state)
 
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
         S = self.check(stim, behavior, session)

@@ -31,23 +31,27 @@ class TemporalSummarizer(nn.Module):
         self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
 
     def forward(self, amp, even, odd, state_amp, state_cos, state_sin, phase_error,
-                weights: torch.Tensor, first: int = 0, state=None):
+                weights, first: int = 0, state=None, means: bool = False):
         """amp, even, odd: the observed responses already pooled, ``[B, T, M, K]`` or
         sequences of T steps ``[B, M, K]``; state_amp, state_cos, state_sin (the dynamics'
         amplitude and unit phase), phase_error: sequences of T full-resolution steps
         ``[B, M, H, W]`` (:class:`~polar_model.dynamics.PolarDynamics`' outputs), pooled
-        here by ``weights [H * W, K]``. ``state``: what the step before the first left
-        (pooled EMAs and amplitude), to continue a sequence run in chunks (None: start here).
+        here by ``weights`` (:func:`~polar_model.readout.pool`'s). ``state``: what the step
+        before the first left (pooled EMAs and amplitude), to continue a sequence run in
+        chunks (None: start here). ``means``: the last of the K outputs is the spatial mean
+        (JEPA's); the steps before ``first`` are then summarised by that mean alone.
 
         Returns (features of steps ``first ..`` ``[B, T - first, 9M, K]``, feature k of pair
-        m in channel k M + m, or None if there are none; the state after the last step)."""
+        m in channel k M + m, or None if there are none; with ``means``, the spatial means of
+        the features of steps before ``first`` ``[B, first, 9M]``, else (or if there are none)
+        None; the state after the last step)."""
         fast, slow = torch.sigmoid(self._alpha)
         amp, even, odd = _steps(amp), _steps(even), _steps(odd)
         if state is None:
             f_amp, s_amp, f_even, f_odd, prev = amp[0], amp[0], even[0], odd[0], amp[0]
         else:
             f_amp, s_amp, f_even, f_odd, prev = state
-        outs = []
+        outs, early = [], []
         for t in range(len(amp)):
             if t or state is not None:
                 f_amp = fast * f_amp + (1 - fast) * amp[t]
@@ -55,16 +59,22 @@ class TemporalSummarizer(nn.Module):
                 f_even = fast * f_even + (1 - fast) * even[t]
                 f_odd = fast * f_odd + (1 - fast) * odd[t]
             change, prev = amp[t] - prev, amp[t]
-            if t < first:
-                continue
             a = state_amp[t]
-            outs += [pool(a, weights), pool(a * state_cos[t], weights),
-                     pool(a * state_sin[t], weights), f_amp, s_amp, f_even, f_odd, change,
-                     pool(phase_error[t], weights)]
+            if t >= first:
+                outs += [pool(a, weights), pool(a * state_cos[t], weights),
+                         pool(a * state_sin[t], weights), f_amp, s_amp, f_even, f_odd,
+                         change, pool(phase_error[t], weights)]
+            elif means:  # JEPA's spatial means only: no per-unit pooling of these steps
+                hw = (-2, -1)
+                early.append(torch.stack(
+                    [a.mean(hw), (a * state_cos[t]).mean(hw), (a * state_sin[t]).mean(hw),
+                     f_amp[..., -1], s_amp[..., -1], f_even[..., -1], f_odd[..., -1],
+                     change[..., -1], phase_error[t].mean(hw)], 1).flatten(1))
         # [B, L * 9, M, K] viewed as [B, L, 9M, K]: one small copy
         feats = (torch.stack(outs, 1).unflatten(1, (-1, self.n_features)).flatten(2, 3)
                  if outs else None)
-        return feats, (f_amp, s_amp, f_even, f_odd, prev)
+        return (feats, torch.stack(early, 1) if early else None,
+                (f_amp, s_amp, f_even, f_odd, prev))
 
 
 def static_features(amp, even, odd, weights: torch.Tensor) -> torch.Tensor:

@@ -186,8 +186,8 @@ def test_summaries_pooled_before_the_emas_equal_pooled_full_resolution_features(
     A, c, s, e = ([x for x in torch.rand(T, B, M, H, W)] for _ in range(4))
     weights = torch.softmax(torch.randn(H * W, K), 0)
     summ = TemporalSummarizer()
-    f, _ = summ(pool(amp, weights), pool(even, weights), pool(odd, weights), A, c, s, e,
-                weights, first=first)
+    f, _, _ = summ(pool(amp, weights), pool(even, weights), pool(odd, weights), A, c, s, e,
+                   weights, first=first)
     assert f.shape == (B, T - first, 9 * M, K)
     fast, slow = torch.sigmoid(summ._alpha)
     f_amp, s_amp, f_even, f_odd = amp[:, 0], amp[:, 0], even[:, 0], odd[:, 0]
@@ -206,13 +206,30 @@ def test_summaries_pooled_before_the_emas_equal_pooled_full_resolution_features(
             torch.testing.assert_close(got[:, k], pool(full_res, weights))
     # in two chunks, the second continuing from the state the first left
     split = 4
-    f1, state = summ(pool(amp[:, :split], weights), pool(even[:, :split], weights),
+    f1, _, state = summ(pool(amp[:, :split], weights), pool(even[:, :split], weights),
                      pool(odd[:, :split], weights), A[:split], c[:split], s[:split],
                      e[:split], weights, first=first)
-    f2, _ = summ(pool(amp[:, split:], weights), pool(even[:, split:], weights),
+    f2, _, _ = summ(pool(amp[:, split:], weights), pool(even[:, split:], weights),
                  pool(odd[:, split:], weights), A[split:], c[split:], s[split:], e[split:],
                  weights, first=0, state=state)
     torch.testing.assert_close(torch.cat([f1, f2], 1), f)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_jepa_means_of_early_steps_equal_pooling_every_step(recompute):
+    """With JEPA, the steps before ``first`` are summarised by their spatial means alone (no
+    per-unit pooling): the same means, and the same per-unit features after ``first``, as
+    pooling every step with every mask (``first = 0``)."""
+    m = model("full", {"recompute": recompute}).train()
+    stim, gaze = batch()
+    beh = m.behavior(*m.gaze(gaze, 0))
+    w = m.pooling_weights(0, pool=True)
+    feats, means = m.level_features(stim, beh, w, first=W - 1, pool=True)
+    every, every_means = m.level_features(stim, beh, w, first=0, pool=True)
+    for level in range(len(feats)):
+        assert means[level].shape == every_means[level].shape == (2, stim.shape[2], 72)
+        torch.testing.assert_close(means[level], every_means[level], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(feats[level], every[level][:, W - 1:])
 
 
 def test_model_pools_each_feature_map_by_the_readout_masks():
