@@ -59,17 +59,19 @@ class TemporalSummarizer(nn.Module):
                 f_even = fast * f_even + (1 - fast) * even[t]
                 f_odd = fast * f_odd + (1 - fast) * odd[t]
             change, prev = amp[t] - prev, amp[t]
-            a = state_amp[t]
-            if t >= first:
-                outs += [pool(a, weights), pool(a * state_cos[t], weights),
-                         pool(a * state_sin[t], weights), f_amp, s_amp, f_even, f_odd,
-                         change, pool(phase_error[t], weights)]
+            if t >= first:  # every mask
+                full, last = (lambda x: pool(x, weights)), (lambda x: x)
             elif means:  # JEPA's spatial means only: no per-unit pooling of these steps
-                hw = (-2, -1)
-                early.append(torch.stack(
-                    [a.mean(hw), (a * state_cos[t]).mean(hw), (a * state_sin[t]).mean(hw),
-                     f_amp[..., -1], s_amp[..., -1], f_even[..., -1], f_odd[..., -1],
-                     change[..., -1], phase_error[t].mean(hw)], 1).flatten(1))
+                full, last = (lambda x: x.mean((-2, -1))), (lambda x: x[..., -1])
+            else:
+                continue
+            a = state_amp[t]
+            row = [full(a), full(a * state_cos[t]), full(a * state_sin[t]),
+                   *map(last, (f_amp, s_amp, f_even, f_odd, change)), full(phase_error[t])]
+            if t >= first:
+                outs += row
+            else:
+                early.append(torch.stack(row, 1).flatten(1))
         # [B, L * 9, M, K] viewed as [B, L, 9M, K]: one small copy
         feats = (torch.stack(outs, 1).unflatten(1, (-1, self.n_features)).flatten(2, 3)
                  if outs else None)

@@ -13,8 +13,8 @@ import webdataset as wds
 import zarr
 
 from polar_data.checksum import HashingWriter, sha256_file
-from polar_data.session_source import session_chunks
 from polar_data.chunk_files import ChunkFiles
+from polar_data.session_source import session_chunks
 from polar_data.wds_shards import (
     GroupReader,
     encode_clip,
