@@ -9,7 +9,8 @@ configuration runs in its own process, so its peak resident memory (``ru_maxrss`
 process's high-water mark, minus the same process's mark before the model was built) is its
 own. Ratios are to the ResNet + ConvGRU baseline measured in this run.
 Targets: the full model no slower than the baseline, at most 0.75 x its parameters, at most
-its peak memory (``full+recompute``: the same model with ``recompute: true``).
+its peak memory; ``full+autograd_dynamics`` (the same model with the dynamics step by step
+through autograd, the reference of the written-out backward) is the before of that row.
 
     python pipelines/bench_model.py              # all configs, ~3 minutes on 2 cores
     python pipelines/bench_model.py --steps 3 --batch 8
@@ -32,10 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["baseline", "minimal", "behavior", "jepa", "full", "static", "static_jepa",
-           "full+recompute", "full+compile_dynamics"]
-# +option: that config with the option on (recompute: the dynamics' per-step states
-# recomputed in backward; compile_dynamics: each step of the dynamics through torch.compile,
-# its compile time in the "first s" column, not in the step time)
+           "full+autograd_dynamics"]
+# +option: that config with the option on (autograd_dynamics: the dynamics step by step
+# through autograd, the reference the default's written-out backward is tested against)
 
 
 def one(name: str, steps: int, batch: int, window: int, device: str = "cpu",

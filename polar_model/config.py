@@ -36,12 +36,9 @@ class PolarConfig:
                                     # velocity spread per session (Engbert & Kliegl); learned
     lambda_fix: float = 10.0        # amplitude relaxation rate in fixation (1/s)
     lambda_sac: float = 40.0        # ... during saccades (1/s)
-    recompute: bool = False         # recurrent: keep only each level's inputs and outputs of
-                                    # the dynamics + summaries and recompute the per-step
-                                    # states in backward (less memory, some more time)
-    compile_dynamics: bool = False  # recurrent: each step's polar decomposition and
-                                    # dynamics through torch.compile (fused kernels;
-                                    # compiled once per process, ~1 min on a CPU)
+    autograd_dynamics: bool = False  # recurrent: the dynamics step by step through autograd
+                                    # (the reference; ~2x the time, ~3x the memory of the
+                                    # default, whose backward is written out)
     saccade_kernel_ms: float = 250.0  # behaviour: span of the saccade-locked gain after onset
     readout_dim: int = 32           # per-level feature channels fed to the readout
     readout_sigma_px: float = 1.5   # initial Gaussian std, in pixels of each level

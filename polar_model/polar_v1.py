@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .base import EncodingModel, ModelOutput
-from .compiled import compiled
 from .config import PolarConfig
 from .dynamics import PolarDynamics
 from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
@@ -16,11 +14,9 @@ from .jepa import JEPA
 from .polar import polar_decompose
 from .pyramid import LaplacianPyramid
 from .quadrature import QuadratureFilterBank
-from .readout import MultiLevelGaussianReadout, pool
+from .readout import MultiLevelGaussianReadout
 from .spec import DataSpec
 from .summary import TemporalSummarizer, static_features
-
-RECOMPUTE_STEPS = 2  # time steps per checkpointed chunk with ``recompute``
 
 
 class PolarV1(EncodingModel):
@@ -53,7 +49,7 @@ class PolarV1(EncodingModel):
         n_feat = TemporalSummarizer.n_features if self.recurrent else 3
         if self.recurrent:
             self.dynamics = PolarDynamics(self.dt, cfg.lambda_fix, cfg.lambda_sac,
-                                          cfg.compile_dynamics)
+                                          cfg.autograd_dynamics)
             self.summarizer = TemporalSummarizer()
         if cfg.use_behavior:
             self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,
@@ -101,16 +97,19 @@ class PolarV1(EncodingModel):
         gamma, rho), or None; ``weights``: :meth:`pooling_weights` (the last column the mean
         with ``pool``)."""
         B, _, S, H, W = stim.shape
-        frames = stim[:, 0].reshape(B * S, 1, H, W).float()
+        # time first from here on: each step's maps are one contiguous block
+        frames = stim[:, 0].transpose(0, 1).reshape(S * B, 1, H, W).float()
         out, means = [], []
         for level, (band, bank) in enumerate(zip(self.pyramid(frames), self.filters)):
-            even, odd = bank(band)
-            hw = even.shape[-2:]
-            even = even.view(B, S, -1, *hw)
-            odd = odd.view(B, S, -1, *hw)
+            y = bank.responses(band)
+            y = y.view(S, B, *y.shape[1:])  # [S, B, 2M, H_l, W_l]
             w = weights[level]
             if not self.recurrent:
-                f = static_features(polar_decompose(even, odd)[0], even, odd, w)
+                even, odd = y.chunk(2, dim=2)
+                f = static_features(polar_decompose(even, odd)[0], even, odd, w).transpose(0, 1)
+                if pool:  # every step, the mean column
+                    means.append(f[..., -1])
+                f = f[:, first:]
             else:
                 drive = ()
                 if beh is not None:
@@ -120,60 +119,22 @@ class PolarV1(EncodingModel):
                     v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up
                     sl = slice(level * M, (level + 1) * M)
                     drive = (bank.k(), q, v_pix, gamma[..., sl], rho[..., sl])
-                f, early = self._recur(even, odd, w, first, drive, pool)
-            if not self.recurrent:  # every step, the mean column with ``pool``
-                if pool:
-                    means.append(f[..., -1])
-                f = f[:, first:]
-            elif pool:  # steps first .. with the mean column; the earlier ones' means
-                means.append(f[..., -1] if early is None
-                             else torch.cat([early, f[..., -1]], 1))
+                f, early = self._recur(y, w, first, drive, pool)
+                if pool:  # steps first .. with the mean column; the earlier ones' means
+                    means.append(f[..., -1] if early is None
+                                 else torch.cat([early, f[..., -1]], 1))
             out.append(f[..., :-1] if pool else f)
         return out, (means if pool else None)
 
-    def _recur(self, even, odd, weights, first: int, drive: tuple, means: bool = False):
+    def _recur(self, y, weights, first: int, drive: tuple, means: bool = False):
         """One level's polar decomposition, dynamics (driven by ``drive`` = (k, q, v_pix,
-        gamma, rho), or none) and temporal summaries, from its quadrature responses
-        ``[B, T, M, H, W]``: the summaries of steps ``first ..`` pooled by ``weights``
-        ``[B, T - first, 9M, K]``, and with ``means`` (the last column of ``weights`` the
-        spatial mean) the spatial means of the earlier steps' summaries ``[B, first, 9M]``
-        (else None).
-
-        With ``recompute`` (in training), time runs in chunks of ``RECOMPUTE_STEPS`` steps,
-        each under activation checkpointing with the state carried: backward keeps only the
-        chunks' inputs, states and outputs and recomputes one chunk's per-step states at a
-        time (exact: same loss and gradients)."""
-        T = even.shape[1]
-        chunk = T
-        if self.cfg.recompute and torch.is_grad_enabled():
-            chunk = RECOMPUTE_STEPS
-        # one unbind each: no per-chunk full-size slice gradients; the observed responses
-        # are pooled for every step at once (one matmul each)
-        steps = [x.unbind(1) for x in (even, odd, pool(even, weights), pool(odd, weights))]
-        k_pix, *per_step = drive or (None,)
-        feats, early, state = [], [], (None, None)
-        for t0 in range(0, T, chunk):
-            sl = slice(t0, t0 + chunk)
-            args = ([x[sl] for x in steps], weights, first - t0, state,
-                    (k_pix, *(x[:, sl] for x in per_step)) if drive else (), means)
-            if chunk < T:
-                f, e, state = checkpoint(self._chunk, *args, use_reentrant=False)
-            else:
-                f, e, state = self._chunk(*args)
-            feats += [f] if f is not None else []
-            early += [e] if e is not None else []
-        return (torch.cat(feats, 1) if len(feats) > 1 else feats[0],
-                (torch.cat(early, 1) if len(early) > 1 else early[0]) if early else None)
-
-    def _chunk(self, steps, weights, first, state, drive, means):
-        even, odd, p_even, p_odd = steps
-        polar = compiled(polar_decompose) if self.cfg.compile_dynamics else polar_decompose
-        amp, c, s = zip(*(polar(e, o) for e, o in zip(even, odd)))
-        A, cs, ss, err, dyn_state = self.dynamics(amp, c, s, *drive, state=state[0])
-        p_amp = [pool(a, weights) for a in amp]
-        f, early, sum_state = self.summarizer(p_amp, p_even, p_odd, A, cs, ss, err, weights,
-                                              max(first, 0), state=state[1], means=means)
-        return f, early, (dyn_state, sum_state)
+        gamma, rho), or none) and temporal summaries, from its quadrature responses ``y``
+        ``[T, B, 2M, H, W]`` (time first, even then odd): the summaries of steps ``first ..``
+        pooled by ``weights`` ``[B, T - first, 9M, K]``, and with ``means`` (the last column
+        of ``weights`` the spatial mean) the spatial means of the earlier steps' summaries
+        ``[B, first, 9M]`` (else None)."""
+        p_even, p_odd, p_amp, *state = self.dynamics(y, weights, first, means, *drive)
+        return self.summarizer(p_amp, p_even, p_odd, state[:4], state[4:])
 
     def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
         S = self.check(stim, behavior, session)

@@ -78,10 +78,14 @@ class QuadratureFilterBank(nn.Module):
         scale = torch.sqrt(0.5 * (even.pow(2).sum(dim=(-2, -1)) + odd.pow(2).sum(dim=(-2, -1))))
         return (torch.cat([even, odd]) / torch.cat([scale, scale])[:, None, None])[:, None]
 
+    def responses(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Even then odd responses in one tensor ``[N, 2M, H, W]`` ('same' size, zero
+        padding: inputs are pixel-normalised, so zero is the mean grey); ``stride`` s: every
+        s-th pixel of those (the same values, at 1/s^2 of the cost)."""
+        return F.conv2d(x, self.kernels(), padding=self.size // 2, stride=stride)
+
     def forward(self, x: torch.Tensor, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(even, odd) responses, each ``[N, M, H, W]`` ('same' size, zero padding: inputs are
-        pixel-normalised, so zero is the mean grey); ``stride`` s: every s-th pixel of those
-        (the same values, at 1/s^2 of the cost)."""
-        y = F.conv2d(x, self.kernels(), padding=self.size // 2, stride=stride)
+        """(even, odd) responses, each ``[N, M, H, W]`` (:meth:`responses`, split)."""
+        y = self.responses(x, stride)
         even, odd = y.split(y.shape[1] // 2, dim=1)  # backward: one cat, no zero-filled copies
         return even, odd

@@ -1,11 +1,10 @@
-"""Temporal summaries of the polar features, per step (causal), pooled by the readout."""
+"""Temporal summaries of the polar features, per step (causal), on pooled responses."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .dynamics import _steps
 from .readout import pool
 
 
@@ -19,9 +18,9 @@ class TemporalSummarizer(nn.Module):
     prediction-error energy. EMA factors are learned (initially 0.74 and 0.95 per step).
 
     Pooling is linear and so are the EMAs and the change: they are computed on the pooled
-    observed responses, which is exactly the pooled full-resolution EMA (tested), so only the
-    four state features are pooled from full-resolution maps, and no full-resolution feature
-    map is ever stacked or kept for the readout (that copy was a third of a CPU step).
+    observed responses, which is exactly the pooled full-resolution EMA (tested). The four
+    state features come pooled from :class:`~polar_model.dynamics.PolarDynamics`; no
+    full-resolution feature map is ever made.
     """
 
     n_features = 9
@@ -30,57 +29,47 @@ class TemporalSummarizer(nn.Module):
         super().__init__()
         self._alpha = nn.Parameter(torch.logit(torch.tensor([0.74, 0.95])))
 
-    def forward(self, amp, even, odd, state_amp, state_cos, state_sin, phase_error,
-                weights, first: int = 0, state=None, means: bool = False):
-        """amp, even, odd: the observed responses already pooled, ``[B, T, M, K]`` or
-        sequences of T steps ``[B, M, K]``; state_amp, state_cos, state_sin (the dynamics'
-        amplitude and unit phase), phase_error: sequences of T full-resolution steps
-        ``[B, M, H, W]`` (:class:`~polar_model.dynamics.PolarDynamics`' outputs), pooled
-        here by ``weights`` (:func:`~polar_model.readout.pool`'s). ``state``: what the step
-        before the first left (pooled EMAs and amplitude), to continue a sequence run in
-        chunks (None: start here). ``means``: the last of the K outputs is the spatial mean
-        (JEPA's); the steps before ``first`` are then summarised by that mean alone.
+    def forward(self, amp, even, odd, state, early):
+        """amp, even, odd: the observed responses pooled, time first ``[T, B, M, K]``;
+        ``state``: the dynamics' A, A cos phi, A sin phi and E pooled at the last L steps,
+        each ``[L, B, M, K]``; ``early``: the spatial means of those four at the E steps
+        before them, each ``[E, B, M]`` (E = 0: none; else the last of the K columns is the
+        spatial mean, JEPA's).
 
-        Returns (features of steps ``first ..`` ``[B, T - first, 9M, K]``, feature k of pair
-        m in channel k M + m, or None if there are none; with ``means``, the spatial means of
-        the features of steps before ``first`` ``[B, first, 9M]``, else (or if there are none)
-        None; the state after the last step)."""
-        fast, slow = torch.sigmoid(self._alpha)
-        amp, even, odd = _steps(amp), _steps(even), _steps(odd)
-        if state is None:
-            f_amp, s_amp, f_even, f_odd, prev = amp[0], amp[0], even[0], odd[0], amp[0]
-        else:
-            f_amp, s_amp, f_even, f_odd, prev = state
-        outs, early = [], []
-        for t in range(len(amp)):
-            if t or state is not None:
-                f_amp = fast * f_amp + (1 - fast) * amp[t]
-                s_amp = slow * s_amp + (1 - slow) * amp[t]
-                f_even = fast * f_even + (1 - fast) * even[t]
-                f_odd = fast * f_odd + (1 - fast) * odd[t]
-            change, prev = amp[t] - prev, amp[t]
-            if t >= first:  # every mask
-                full, last = (lambda x: pool(x, weights)), (lambda x: x)
-            elif means:  # JEPA's spatial means only: no per-unit pooling of these steps
-                full, last = (lambda x: x.mean((-2, -1))), (lambda x: x[..., -1])
-            else:
-                continue
-            a = state_amp[t]
-            row = [full(a), full(a * state_cos[t]), full(a * state_sin[t]),
-                   *map(last, (f_amp, s_amp, f_even, f_odd, change)), full(phase_error[t])]
-            if t >= first:
-                outs += row
-            else:
-                early.append(torch.stack(row, 1).flatten(1))
-        # [B, L * 9, M, K] viewed as [B, L, 9M, K]: one small copy
-        feats = (torch.stack(outs, 1).unflatten(1, (-1, self.n_features)).flatten(2, 3)
-                 if outs else None)
-        return (feats, torch.stack(early, 1) if early else None,
-                (f_amp, s_amp, f_even, f_odd, prev))
+        Returns (features of the last L steps ``[B, L, 9M, K]``, feature k of pair m in
+        channel k M + m; the spatial means of the features of the E early steps
+        ``[B, E, 9M]``, or None if E = 0). Computed in float32."""
+        with torch.autocast(amp.device.type, enabled=False):
+            fast, slow = torch.sigmoid(self._alpha)
+            amp, even, odd = amp.float(), even.float(), odd.float()
+            f_amp, f_even, f_odd = ema(fast, torch.stack([amp, even, odd], 1)).unbind(1)
+            change = torch.cat([torch.zeros_like(amp[:1]), amp.diff(dim=0)])
+            observed = (f_amp, ema(slow, amp), f_even, f_odd, change)
+            A, Ac, As, E = (x.float() for x in state)
+            T, L, n_early = amp.shape[0], A.shape[0], early[0].shape[0]
+            rows = [A, Ac, As, *(x[T - L:] for x in observed), E]
+            feats = torch.stack(rows, 2).flatten(2, 3).transpose(0, 1)
+            if not n_early:
+                return feats, None
+            eA, eAc, eAs, eE = (x.float() for x in early)
+            rows = [eA, eAc, eAs, *(x[:n_early, ..., -1] for x in observed), eE]
+            return feats, torch.stack(rows, 2).flatten(2).transpose(0, 1)
+
+
+def ema(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Exponential moving average along time of ``x`` ``[T, ...]`` with factor ``a``:
+    ``f_0 = x_0``, ``f_t = a f_{t-1} + (1 - a) x_t``, as one matmul with its ``[T, T]``
+    lower-triangular weights (the recursion's result, differentiable in ``a``)."""
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device, dtype=x.dtype)
+    lag = t[:, None] - t[None, :]
+    w = torch.where(lag >= 0, (1 - a) * a ** lag.clamp_min(0), 0.0)
+    w = torch.cat([(a ** t)[:, None], w[:, 1:]], 1)
+    return (w @ x.flatten(1)).view_as(x)
 
 
 def static_features(amp, even, odd, weights: torch.Tensor) -> torch.Tensor:
-    """The Static configurations: the current frame only (amplitude, even, odd ``[B, T, M,
+    """The Static configurations: the current frame only (amplitude, even, odd ``[..., M,
     H, W]``), no temporal processing at all, pooled by ``weights [H * W, K]``:
-    ``[B, T, 3M, K]``."""
-    return torch.cat([pool(amp, weights), pool(even, weights), pool(odd, weights)], dim=2)
+    ``[..., 3M, K]``."""
+    return torch.cat([pool(amp, weights), pool(even, weights), pool(odd, weights)], dim=-2)

@@ -11,7 +11,7 @@ import torch
 from polar_data.demo.population import saccade_gain_curve
 from polar_data.typed_yaml import ConfigError
 from polar_model.config import config_from_dict, load_model_config
-from polar_model.dynamics import PolarDynamics
+from polar_model.dynamics import PolarDynamics, PolarLevel, polar_level_autograd
 from polar_model.factory import build_model, required_window_len
 from polar_model.gaze import GazeEncoder, SaccadeGain
 from polar_model.losses import masked_poisson_nll
@@ -145,14 +145,16 @@ def test_dynamics_predict_the_phase_of_a_moving_image():
     frames = torch.stack([_grating(k[0].double(), (v[0] * dt * t, v[1] * dt * t)) for t in
                           range(T)])[:, None].float()
     even, odd = bank(frames)
-    even, odd = even[None, :, :1, 18:23, 18:23], odd[None, :, :1, 18:23, 18:23]
-    amp, c, s = polar_decompose(even, odd)
+    even, odd = even[:, None, :1, 18:23, 18:23], odd[:, None, :1, 18:23, 18:23]  # [T, 1, ...]
+    amp = polar_decompose(even, odd)[0]
+    y = torch.cat([even, odd], 2)  # [T, B = 1, 2M = 2, 5, 5]
     dyn = PolarDynamics(dt, 10.0, 40.0)
     ones, zeros = torch.ones(1, T, 1), torch.zeros(1, T, 1)
-    right = dyn(amp, c, s, k[:1], zeros, v.expand(1, T, 2), ones, zeros)[3]
-    wrong = dyn(amp, c, s, k[:1], zeros, torch.zeros(1, T, 2), ones, zeros)[3]
-    e_right = torch.stack(right[1:]).mean() / amp.mean()
-    e_wrong = torch.stack(wrong[1:]).mean() / amp.mean()
+    pixels = torch.eye(25)  # "pooled" by one mask per pixel: full-resolution maps
+    right = dyn(y, pixels, 0, False, k[:1], zeros, v.expand(1, T, 2), ones, zeros)[6]
+    wrong = dyn(y, pixels, 0, False, k[:1], zeros, torch.zeros(1, T, 2), ones, zeros)[6]
+    e_right = right[1:].mean() / amp.mean()
+    e_wrong = wrong[1:].mean() / amp.mean()
     assert e_right < 1e-3 and e_wrong > 20 * e_right
 
 
@@ -163,64 +165,100 @@ def test_phase_state_gradient_stays_finite_when_blends_cancel():
     1 at step 116); with the floor the gradient stays finite and the outputs too."""
     T = 47
     dyn = PolarDynamics(1 / 120, 120 * math.log(2), 120 * math.log(2))  # r = 1/2 each step
-    sign = torch.tensor([(-1.0) ** t for t in range(T)]).view(1, T, 1, 1, 1)
-    c = (sign * torch.ones(1, T, 2, 3, 3)).requires_grad_()
-    s = torch.zeros(1, T, 2, 3, 3, requires_grad=True)
-    amp = torch.ones(1, T, 2, 3, 3)
-    A, cs, ss, es, _ = dyn(amp, c, s)
-    loss = torch.stack(cs).sum() + torch.stack(ss).sum() + torch.stack(es).sum()
-    gc, gs, glam = torch.autograd.grad(loss, [c, s, dyn._lam])
-    assert all(torch.isfinite(g).all() for g in (gc, gs, glam))
-    assert torch.stack(cs).abs().max() <= 1.0 + 1e-6
+    sign = torch.tensor([(-1.0) ** t for t in range(T)]).view(T, 1, 1, 1, 1)
+    even, odd = sign * torch.ones(T, 1, 2, 3, 3), torch.zeros(T, 1, 2, 3, 3)
+    y = torch.cat([even, odd], 2).requires_grad_()
+    A, Ac, As, E = dyn(y, torch.eye(9))[3:7]
+    loss = Ac.sum() + As.sum() + E.sum()
+    g_y, glam = torch.autograd.grad(loss, [y, dyn._lam])
+    assert all(torch.isfinite(g).all() for g in (g_y, glam))
+    assert (torch.stack([Ac, As]).abs() <= A + 1e-6).all()  # |phase| <= 1
 
 
 def test_summaries_pooled_before_the_emas_equal_pooled_full_resolution_features():
-    """The summarizer gets the observed responses already pooled and runs the EMAs and the
-    amplitude change on them: the same numbers as computing all nine features at full
-    resolution (the old order) and pooling each by the masks. Feature k of pair m is
-    channel k M + m (the readout's ``mix`` and the README's list depend on it); steps
-    before ``first`` are left out; run in two chunks with the state carried, the same."""
+    """The summarizer gets the observed responses already pooled and runs the EMAs (one
+    matmul each) and the amplitude change on them: the same numbers as computing all nine
+    features step by step at full resolution (the old order) and pooling each by the
+    masks. Feature k of pair m is channel k M + m (the readout's ``mix`` and the README's
+    list depend on it); steps before ``first`` are left out, or summarised by their spatial
+    means when asked."""
     torch.manual_seed(0)
     B, T, M, H, W, first, K = 2, 6, 3, 4, 5, 2, 4
-    amp, even, odd = (torch.rand(B, T, M, H, W) for _ in range(3))
-    A, c, s, e = ([x for x in torch.rand(T, B, M, H, W)] for _ in range(4))
+    amp, even, odd = (torch.rand(T, B, M, H, W) for _ in range(3))
+    A, c, s, e = (torch.rand(T, B, M, H, W) for _ in range(4))
     weights = torch.softmax(torch.randn(H * W, K), 0)
+    weights[:, -1] = 1 / (H * W)  # the last mask: the spatial mean
+    state = [pool(x, weights)[first:] for x in (A, A * c, A * s, e)]
+    early = [x[:first].mean((-2, -1)) for x in (A, A * c, A * s, e)]
     summ = TemporalSummarizer()
-    f, _, _ = summ(pool(amp, weights), pool(even, weights), pool(odd, weights), A, c, s, e,
-                   weights, first=first)
-    assert f.shape == (B, T - first, 9 * M, K)
+    args = pool(amp, weights), pool(even, weights), pool(odd, weights), state
+    f, none = summ(*args, [x[:0] for x in early])
+    f_with, means = summ(*args, early)
+    assert f.shape == (B, T - first, 9 * M, K) and none is None
+    assert means.shape == (B, first, 9 * M)
+    torch.testing.assert_close(f_with, f)
     fast, slow = torch.sigmoid(summ._alpha)
-    f_amp, s_amp, f_even, f_odd = amp[:, 0], amp[:, 0], even[:, 0], odd[:, 0]
+    f_amp, s_amp, f_even, f_odd = amp[0], amp[0], even[0], odd[0]
     for t in range(T):
         if t:
-            f_amp = fast * f_amp + (1 - fast) * amp[:, t]
-            s_amp = slow * s_amp + (1 - slow) * amp[:, t]
-            f_even = fast * f_even + (1 - fast) * even[:, t]
-            f_odd = fast * f_odd + (1 - fast) * odd[:, t]
-        if t < first:
-            continue
-        change = amp[:, t] - amp[:, max(t - 1, 0)]
+            f_amp = fast * f_amp + (1 - fast) * amp[t]
+            s_amp = slow * s_amp + (1 - slow) * amp[t]
+            f_even = fast * f_even + (1 - fast) * even[t]
+            f_odd = fast * f_odd + (1 - fast) * odd[t]
+        change = amp[t] - amp[max(t - 1, 0)]
         want = (A[t], A[t] * c[t], A[t] * s[t], f_amp, s_amp, f_even, f_odd, change, e[t])
-        got = f[:, t - first].view(B, 9, M, K)
         for k, full_res in enumerate(want):
-            torch.testing.assert_close(got[:, k], pool(full_res, weights))
-    # in two chunks, the second continuing from the state the first left
-    split = 4
-    f1, _, state = summ(pool(amp[:, :split], weights), pool(even[:, :split], weights),
-                     pool(odd[:, :split], weights), A[:split], c[:split], s[:split],
-                     e[:split], weights, first=first)
-    f2, _, _ = summ(pool(amp[:, split:], weights), pool(even[:, split:], weights),
-                 pool(odd[:, split:], weights), A[split:], c[split:], s[split:], e[split:],
-                 weights, first=0, state=state)
-    torch.testing.assert_close(torch.cat([f1, f2], 1), f)
+            if t < first:
+                torch.testing.assert_close(means[:, t].view(B, 9, M)[:, k],
+                                           full_res.mean((-2, -1)))
+            else:
+                torch.testing.assert_close(f[:, t - first].view(B, 9, M, K)[:, k],
+                                           pool(full_res, weights))
 
 
-@pytest.mark.parametrize("recompute", [False, True])
-def test_jepa_means_of_early_steps_equal_pooling_every_step(recompute):
+def test_written_out_backward_of_the_dynamics_equals_autograd():
+    """:class:`PolarLevel` (the dynamics with a hand-written backward) against the
+    step-by-step autograd reference in float64: the same nine outputs and the same
+    gradient for every input (responses, decay, phase advance, masks), with and without
+    behaviour (the rotation), with and without JEPA's early means, and with renormalisation
+    clamped at some pixels (cancelling blends). gradcheck then checks the backward against
+    finite differences."""
+    torch.manual_seed(0)
+    T, B, M, H, W, K = 6, 2, 3, 4, 5, 4
+    f64 = torch.float64
+    for rot, first, means in [(True, 2, True), (True, 2, False), (True, 0, False),
+                              (False, 5, True), (False, 3, True), (True, 5, False)]:
+        y = torch.randn(T, B, 2 * M, H, W, dtype=f64)
+        y[1::2, 0] = -y[0::2, 0]  # responses flipping sign in sample 0 ...
+        decay = torch.rand(T, B, dtype=f64) * 0.9 + 0.05
+        decay[:, 0] = 0.5  # ... and r = 1/2: blends that cancel, clamped renormalisation
+        phase = torch.randn(T, B, M, dtype=f64)
+        cd, sd = (phase.cos(), phase.sin()) if rot else (None, None)
+        weights = torch.softmax(torch.randn(H * W, K, dtype=f64), 0)
+        inputs = [x.requires_grad_() for x in (y, decay, cd, sd, weights) if x is not None]
+        args = (y, decay, cd, sd, weights, first, means)
+        got, want = PolarLevel.apply(*args), polar_level_autograd(*args)
+        assert [x.shape for x in got] == [x.shape for x in want]
+        for x, z in zip(got, want):
+            torch.testing.assert_close(x, z)
+        g_out = [torch.randn_like(x) for x in got]
+        for x, z in zip(torch.autograd.grad(got, inputs, g_out),
+                        torch.autograd.grad(want, inputs, g_out)):
+            torch.testing.assert_close(x, z)
+    small = y.detach()[:4, :1, :4, :3, :3].clone().requires_grad_()
+    w = torch.softmax(torch.randn(9, 2, dtype=f64), 0).requires_grad_()
+    d = (torch.rand(4, 1, dtype=f64) * 0.9 + 0.05).requires_grad_()
+    ph = torch.randn(4, 1, 2, dtype=f64)
+    cs = [ph.cos().requires_grad_(), ph.sin().requires_grad_()]
+    assert torch.autograd.gradcheck(lambda *a: PolarLevel.apply(*a, 1, True),
+                                    (small, d, *cs, w))
+
+
+def test_jepa_means_of_early_steps_equal_pooling_every_step():
     """With JEPA, the steps before ``first`` are summarised by their spatial means alone (no
     per-unit pooling): the same means, and the same per-unit features after ``first``, as
     pooling every step with every mask (``first = 0``)."""
-    m = model("full", {"recompute": recompute}).train()
+    m = model("full").train()
     stim, gaze = batch()
     beh = m.behavior(*m.gaze(gaze, 0))
     w = m.pooling_weights(0, pool=True)
@@ -269,7 +307,7 @@ def test_jepa_loss_bounded_reaches_gradient_and_teacher_moves_only_on_update():
     stim, gaze = batch()
     teacher = [p.clone() for p in m.jepa.teacher.parameters()]
     out = m(stim, gaze, 0)
-    assert 0.0 <= float(out.jepa_loss) <= 2.0
+    assert 0.0 <= float(out.jepa_loss.detach()) <= 2.0
     out.jepa_loss.backward()
     assert m.filters[0].theta.grad.abs().max() > 0  # JEPA alone trains the trunk
     assert all(torch.equal(a, b) for a, b in zip(teacher, m.jepa.teacher.parameters()))
@@ -373,14 +411,14 @@ def test_mix_after_pooling_equals_a_1x1_conv_before_it():
 
 
 @pytest.mark.parametrize("name", ["minimal", "full"])
-def test_recompute_gives_the_same_loss_and_gradients(name):
-    """``recompute: true`` (activation checkpointing of the dynamics + summaries) is exact:
-    the same loss and the same gradient for every parameter, and lower peak memory is its
-    only purpose (bench_model.py measures it)."""
+def test_written_out_dynamics_give_the_autograd_loss_and_gradients_in_less_memory(name):
+    """The model with the dynamics' written-out backward (the default) and with the
+    step-by-step autograd reference (``autograd_dynamics: true``): the same loss and the
+    same gradient for every parameter, and less than half the bytes kept for backward."""
     stim, gaze = batch(S=W + 6)
     grads = []
-    for recompute in (False, True):
-        m = model(name, {"recompute": recompute}).train()
+    for reference in (False, True):
+        m = model(name, {"autograd_dynamics": reference}).train()
         torch.manual_seed(1)  # JEPA's context draw
         saved = []  # bytes autograd keeps for backward
 
@@ -399,56 +437,11 @@ def test_recompute_gives_the_same_loss_and_gradients(name):
         grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
                                       if p.grad is not None}, sum(saved)))
     (l0, g0, kept0), (l1, g1, kept1) = grads
-    assert kept1 < 0.5 * kept0, (kept1, kept0)
-    torch.testing.assert_close(l1, l0)
+    assert kept0 < 0.5 * kept1, (kept0, kept1)
+    torch.testing.assert_close(l0, l1)
     assert g0.keys() == g1.keys() and any(k.startswith("dynamics.") for k in g0)
     for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
-
-
-@pytest.mark.slow
-def test_compiled_dynamics_give_the_same_loss_and_gradients():
-    """``compile_dynamics: true`` runs each step's polar decomposition and dynamics through
-    torch.compile (~1 minute of compiling on a CPU): the same loss and gradients as eager."""
-    stim, gaze = batch(S=W + 6)
-    out = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        m = model("behavior", {"compile_dynamics": compiled}).train()
-        log_rate = m(stim, gaze, 0).log_rate
-        loss = masked_poisson_nll(log_rate, torch.full_like(log_rate, 0.5).floor(),
-                                  torch.ones_like(log_rate))
-        # a first backward that keeps the graph, as the trainer's JEPA balance takes one
-        torch.autograd.grad(loss, [m.dynamics._lam], retain_graph=True)
-        loss.backward()
-        out.append((loss.detach(), {n: p.grad for n, p in m.named_parameters()
-                                    if p.grad is not None}))
-    (l0, g0), (l1, g1) = out
-    torch.testing.assert_close(l1, l0)
-    assert g0.keys() == g1.keys()
-    for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
-
-
-def test_a_failing_compile_falls_back_to_eager_steps_with_a_warning(monkeypatch):
-    """Without a working compiler (torch.compile raising at the first call) the dynamics
-    warn once and run eagerly, with the eager results."""
-    from polar_model import compiled
-
-    def broken(fn, **kw):
-        def call(*a):
-            raise RuntimeError("no C++ compiler")
-        return call
-
-    monkeypatch.setattr(compiled.torch, "compile", broken)
-    monkeypatch.setattr(compiled, "_CACHE", {})
-    amp, c, s = (torch.rand(2, 4, 3, 5, 5) for _ in range(3))
-    want = PolarDynamics(1 / 120, 10.0, 40.0)(amp, c, s)
-    with pytest.warns(UserWarning, match="torch.compile of _step failed"):
-        got = PolarDynamics(1 / 120, 10.0, 40.0, use_compile=True)(amp, c, s)
-    for a, b in zip(got[:4], want[:4]):
-        for x, y in zip(a, b):
-            torch.testing.assert_close(x, y)
+        torch.testing.assert_close(g0[k], g1[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 @pytest.mark.parametrize("name", ["full", "baseline"])
