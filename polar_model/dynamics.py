@@ -180,7 +180,9 @@ class PolarLevel(torch.autograd.Function):
         first, means = ctx.first, ctx.means
         T, B, M, H, W = amp.shape
         with torch.autocast(y.device.type, enabled=False):
-            late, early = grads[:4], grads[4:]
+            # per-step matmuls below want each step's rows contiguous
+            g_even, g_odd, g_amp = (g.contiguous() for g in (g_even, g_odd, g_amp))
+            late, early = [g.contiguous() for g in grads[:4]], grads[4:]
             # the masks' gradient, [K, H W] (this orientation is the faster matmul)
             g_eo = torch.cat([g_even, g_odd], 2)
             g_wt = g_eo.flatten(0, 2).t() @ y.view(-1, H * W)
