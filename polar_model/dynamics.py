@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .polar import POLAR_EPS, polar_decompose
+
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
 # the renormalisation factor 1 / sqrt(PHASE_FLOOR) where it is clamped (its gradient is
 # then zero), less a relative 1e-6 for float32 rounding
 _INV_CLAMPED = (1 - 1e-6) * PHASE_FLOOR ** -0.5
-POLAR_EPS = 1e-4  # amplitude smoothing of :func:`~polar_model.polar.polar_decompose`
 
 
 class PolarDynamics(nn.Module):
@@ -101,8 +102,7 @@ def polar_level_autograd(y, decay, cd, sd, weights, first: int, means: bool):
     (cos, sin of the phase advance) [T, B, M] or None."""
     y = _at_least_float32(y)
     even, odd = y.chunk(2, dim=2)
-    inv0 = torch.rsqrt(even * even + odd * odd + POLAR_EPS**2)
-    amp, co, so = 1.0 / inv0, even * inv0, odd * inv0
+    amp, co, so = polar_decompose(even, odd)
     A, c, s, E = [amp[0]], [co[0]], [so[0]], [torch.zeros_like(amp[0])]
     for t in range(1, amp.shape[0]):
         r = decay[t, :, None, None, None]
@@ -180,27 +180,28 @@ class PolarLevel(torch.autograd.Function):
         first, means = ctx.first, ctx.means
         T, B, M, H, W = amp.shape
         with torch.autocast(y.device.type, enabled=False):
-            # per-step matmuls below want each step's rows contiguous
-            g_even, g_odd, g_amp = (g.contiguous() for g in (g_even, g_odd, g_amp))
-            late, early = [g.contiguous() for g in grads[:4]], grads[4:]
+            g_amp, late, early = g_amp.contiguous(), grads[:4], grads[4:]
             # the masks' gradient, [K, H W] (this orientation is the faster matmul)
-            g_eo = torch.cat([g_even, g_odd], 2)
+            g_eo = torch.cat([g_even, g_odd], 2)                       # [T, B, 2M, K]
             g_wt = g_eo.flatten(0, 2).t() @ y.view(-1, H * W)
             g_wt += g_amp.flatten(0, 2).t() @ amp.view(-1, H * W)
             for g, x in zip(late, (A, c, s, E)):
                 x = x[first:] * A[first:] if x is c or x is s else x[first:]
                 g_wt += g.flatten(0, 2).t() @ x.reshape(-1, H * W)
             wt = w.t().contiguous()
+            # steps first ..: the amplitude's and the state's pooled gradients side by side,
+            # one matmul per step makes all five full-resolution ones
+            g_late = torch.cat([g_amp[first:], *late], 2)              # [T - first, B, 5M, K]
 
-            def full(g, t):  # step t's full-resolution gradient of a pooled output
-                return (g[t] @ wt).view(B, -1, H, W)
-
-            def state_grads(t):  # of the pooled A, A cos, A sin, E at step t (or None)
+            def full(t):
+                """Step t's full-resolution gradients of the pooled observed amplitude and
+                of A, A cos, A sin, E (these None before ``first`` without ``means``)."""
                 if t >= first:
-                    return [full(g, t - first) for g in late]
+                    return (g_late[t - first] @ wt).view(B, 5, M, H, W).unbind(1)
+                g = (g_amp[t] @ wt).view(B, M, H, W)
                 if means:
-                    return [(g[t] / (H * W))[..., None, None] for g in early]
-                return None
+                    return g, *((m[t] / (H * W))[..., None, None] for m in early)
+                return g, None, None, None, None
 
             gy = torch.empty_like(y)
             g_decay = amp.new_zeros(T, B)
@@ -210,8 +211,8 @@ class PolarLevel(torch.autograd.Function):
             carried = None  # the adjoints of (A, c, s) from step t + 1
             for t in range(T - 1, -1, -1):
                 # total gradients of the state (A, c, s) after step t
-                gs = state_grads(t)
-                if gs is not None:
+                gao, *gs = full(t)
+                if gs[0] is not None:
                     gA, gAc, gAs, gE = gs
                     GA = torch.addcmul(gA, gAc, c[t]).addcmul_(gAs, s[t])
                     Gc, Gs = gAc * A[t], gAs * A[t]
@@ -223,7 +224,6 @@ class PolarLevel(torch.autograd.Function):
                     (GA, Gc, Gs), gE = carried, None
                 else:
                     (GA, Gc, Gs), gE = (torch.zeros_like(amp[t]) for _ in range(3)), None
-                gao = full(g_amp, t)
                 if t == 0:  # the state starts as the first observation
                     gao += GA
                     gco, gso = Gc, Gs
@@ -263,8 +263,9 @@ class PolarLevel(torch.autograd.Function):
                 dd = (gco * co[t]).addcmul_(gso, so[t]).div_(amp[t])
                 gco.div_(amp[t]).addcmul_(dd, co[t], value=-1).addcmul_(gao, co[t])
                 gso.div_(amp[t]).addcmul_(dd, so[t], value=-1).addcmul_(gao, so[t])
-                torch.add(gco, full(g_even, t), out=gy[t, :, :M])
-                torch.add(gso, full(g_odd, t), out=gy[t, :, M:])
+                torch.matmul(g_eo[t], wt, out=gy[t].view(B, 2 * M, H * W))
+                gy[t, :, :M] += gco
+                gy[t, :, M:] += gso
         dy, dr, dw = ctx.dtypes
         return (gy.to(dy), g_decay.to(dr), g_cd if rot else None, g_sd if rot else None,
                 g_wt.t().to(dw), None, None)
