@@ -14,7 +14,10 @@ float32 frames a model takes: the baseline and the peers normalise in their work
 over float32.
 
 Reported per loader: windows (= predicted bins) per second and peak memory of the main
-process and its workers together (sum of PSS from /proc, sampled every 50 ms). Targets:
+process and its workers together (sum of PSS from /proc, sampled every 50 ms). Every row runs
+``--rounds`` times (default 3), the rows in turn, and shows its median rate (on a shared
+machine whose speed drifts, interleaving keeps each ratio within a round) and its first
+round's peak (later rounds start from a main process that earlier rows have grown). Targets:
 streaming window mode >= baseline; clip mode >= 5 x window mode in predicted bins/s; peak
 memory <= 1/5 of the baseline's.
 
@@ -265,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=150)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-peers", action="store_true", help="skip litdata / plain webdataset")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="times each row runs, in turn with the others; the median rate is shown")
     a = p.parse_args(argv)
 
     work = None
@@ -301,58 +306,70 @@ def main(argv=None) -> int:
                 return count(b)
             return per_batch
 
-        rows.append(("baseline: in-RAM float32, per-sample windows", "window", *run(
-            lambda: DataLoader(InRamWindows(store, "train"), batch_size=B, shuffle=True, **kw),
-            a.batches, window_bins)))
-        rows.append(("ours: WebDataset streaming", "window", *run(
-            lambda: DataLoader(ShardStream(info, "train", "window", B, num_workers=nw,
-                                           batches_per_epoch=10**6), batch_size=None, **kw),
-            a.batches, ours(window_bins))))
+        # (name, mode, make_loader, bins of a batch): every row runs once per round, the
+        # rows in turn, and reports its median rate over the rounds (this VM's speed drifts
+        # by up to 2x within minutes: interleaving keeps the ratios within one round's drift)
+        specs = [("baseline: in-RAM float32, per-sample windows", "window",
+                  lambda: DataLoader(InRamWindows(store, "train"), batch_size=B, shuffle=True,
+                                     **kw), window_bins),
+                 ("ours: WebDataset streaming", "window",
+                  lambda: DataLoader(ShardStream(info, "train", "window", B, num_workers=nw,
+                                                 batches_per_epoch=10**6),
+                                     batch_size=None, **kw), ours(window_bins))]
         for verify in (True, False):
-            rows.append(("ours: WebDataset streaming" + ("" if verify else
-                                                         ", no sample sha256 check"), "clip",
-                         *run(lambda v=verify: DataLoader(
-                             ShardStream(info, "train", "clip", max(1, B // 8), num_workers=nw,
-                                         batches_per_epoch=10**6, verify_checksums=v),
-                             batch_size=None, **kw), a.batches, ours(clip_bins))))
+            specs.append(("ours: WebDataset streaming" + ("" if verify else
+                                                          ", no sample sha256 check"), "clip",
+                          lambda v=verify: DataLoader(
+                              ShardStream(info, "train", "clip", max(1, B // 8),
+                                          num_workers=nw, batches_per_epoch=10**6,
+                                          verify_checksums=v),
+                              batch_size=None, **kw), ours(clip_bins)))
         for mode, bs in (("window", B), ("clip", max(1, B // 8))):
             def mk(mode=mode, bs=bs):
                 ds = ZarrWindows(info, "train", mode)
                 return DataLoader(ds, batch_sampler=LocalityBatchSampler(ds, bs),
                                   collate_fn=identity, **kw)
-            rows.append(("ours: Zarr random access", mode, *run(mk, a.batches, ours(
-                window_bins if mode == "window" else clip_bins))))
+            specs.append(("ours: Zarr random access", mode, mk,
+                          ours(window_bins if mode == "window" else clip_bins)))
         disk = {"ours: WebDataset streaming": folder_mb(store / "wds"),
                 "ours: Zarr random access": folder_mb(store / "zarr")}
-        peers = []
+        peer_dir = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+        n_ours = len(specs)
         if not a.no_peers:
-            peer_dir = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+            clips = peer_rows(store, info)
+            mean, std = info.pixel_mean, info.pixel_std
+            bc = max(1, B // 8)
+            urls = write_plain_wds(store, clips, peer_dir / "plain")
+            disk["peer: plain webdataset (.npy tar)"] = folder_mb(peer_dir / "plain")
+            specs.append(("peer: plain webdataset (.npy tar)", "clip",
+                          lambda: plain_wds_loader(urls, bc, nw, mean, std), clip_bins))
             try:
-                clips = peer_rows(store, info)
-                mean, std = info.pixel_mean, info.pixel_std
-                bc = max(1, B // 8)
-                urls = write_plain_wds(store, clips, peer_dir / "plain")
-                disk["peer: plain webdataset (.npy tar)"] = folder_mb(peer_dir / "plain")
-                peers.append(("peer: plain webdataset (.npy tar)", "clip", *run(
-                    lambda: plain_wds_loader(urls, bc, nw, mean, std), a.batches, clip_bins)))
-                try:
-                    write_litdata(store, clips, peer_dir / "litdata")
-                except ImportError:
-                    print(f"litdata not installed: {PEER_EXTRA}")
-                else:
-                    disk["peer: litdata (optimize + StreamingDataset)"] = folder_mb(
-                        peer_dir / "litdata")
-                    peers.append(("peer: litdata (optimize + StreamingDataset)", "clip", *run(
-                        lambda: litdata_loader(peer_dir / "litdata", bc, nw, mean, std),
-                        a.batches, clip_bins)))
-            finally:
-                shutil.rmtree(peer_dir, ignore_errors=True)
-        rows += peers
+                write_litdata(store, clips, peer_dir / "litdata")
+            except ImportError:
+                print(f"litdata not installed: {PEER_EXTRA}")
+            else:
+                disk["peer: litdata (optimize + StreamingDataset)"] = folder_mb(
+                    peer_dir / "litdata")
+                specs.append(("peer: litdata (optimize + StreamingDataset)", "clip",
+                              lambda: litdata_loader(peer_dir / "litdata", bc, nw, mean, std),
+                              clip_bins))
+        try:
+            measured = [[] for _ in specs]
+            for _ in range(a.rounds):
+                for spec, out in zip(specs, measured):
+                    out.append(run(spec[2], a.batches, spec[3]))
+        finally:
+            shutil.rmtree(peer_dir, ignore_errors=True)
+        # peak memory from the first round: later rounds start from a main process that
+        # earlier rows (the in-RAM baseline above all) have grown
+        rows = [(name, mode, float(np.median([m[0] for m in ms])), ms[0][1])
+                for (name, mode, *_), ms in zip(specs, measured)]
+        peers = rows[n_ours:]
         base_rate, base_mem = rows[0][2], rows[0][3]
         win_rate = rows[1][2]
         print(f"\nstore {store}: {frames_gb:.2f} GB of frames, window_len {info.window_len}, "
               f"clip_len {info.clip_len}, {nw} workers, batch {B} windows / {max(1, B // 8)} "
-              "clips")
+              f"clips; bins/s: median of {a.rounds} rounds, peak MB: the first round's")
         print(f"{'loader':<56}{'mode':>7}{'bins/s':>10}{'x base':>8}{'peak MB':>10}"
               f"{'x base':>8}{'disk MB':>9}")
         for name, mode, rate, mem in rows:
