@@ -11,7 +11,6 @@ from .config import PolarConfig
 from .dynamics import PolarDynamics
 from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
 from .jepa import JEPA
-from .polar import polar_decompose
 from .pyramid import LaplacianPyramid
 from .quadrature import QuadratureFilterBank
 from .readout import MultiLevelGaussianReadout
@@ -105,8 +104,7 @@ class PolarV1(EncodingModel):
             y = y.view(S, B, *y.shape[1:])  # [S, B, 2M, H_l, W_l]
             w = weights[level]
             if not self.recurrent:
-                even, odd = y.chunk(2, dim=2)
-                f = static_features(polar_decompose(even, odd)[0], even, odd, w).transpose(0, 1)
+                f = static_features(y, w).transpose(0, 1)
                 if pool:  # every step, the mean column
                     means.append(f[..., -1])
                 f = f[:, first:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .polar import polar_decompose
 from .readout import pool
 
 
@@ -68,8 +69,9 @@ def ema(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (w @ x.flatten(1)).view_as(x)
 
 
-def static_features(amp, even, odd, weights: torch.Tensor) -> torch.Tensor:
-    """The Static configurations: the current frame only (amplitude, even, odd ``[..., M,
-    H, W]``), no temporal processing at all, pooled by ``weights [H * W, K]``:
-    ``[..., 3M, K]``."""
-    return torch.cat([pool(amp, weights), pool(even, weights), pool(odd, weights)], dim=-2)
+def static_features(y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The Static configurations: the current frame only, no temporal processing at all.
+    ``y``: quadrature responses ``[..., 2M, H, W]`` (M even then M odd) -> their amplitude,
+    even and odd responses pooled by ``weights [H * W, K]``: ``[..., 3M, K]``."""
+    even, odd = y.chunk(2, dim=-3)
+    return torch.cat([pool(polar_decompose(even, odd)[0], weights), pool(y, weights)], dim=-2)
