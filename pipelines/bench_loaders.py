@@ -17,7 +17,8 @@ Reported per loader: windows (= predicted bins) per second and peak memory of th
 process and its workers together (sum of PSS from /proc, sampled every 50 ms). Every row runs
 ``--rounds`` times (default 3), the rows in turn, and shows its median rate (on a shared
 machine whose speed drifts, interleaving keeps each ratio within a round) and its first
-round's peak (later rounds start from a main process that earlier rows have grown). Targets:
+round's peak (later rounds start from a main process that earlier rows have grown). The
+peers' copies are written in a child process, before the first round. Targets:
 streaming window mode >= baseline; clip mode >= 5 x window mode in predicted bins/s; peak
 memory <= 1/5 of the baseline's.
 
@@ -29,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +193,13 @@ def write_litdata(store: Path, rows: list, out: Path) -> None:
              chunk_bytes="64MB", num_workers=1, start_method="spawn")
 
 
+def _in_child(fn, *args):
+    """``fn(*args)`` in a fresh process: writing the peers' copies grows this process (and
+    litdata's optimize leaves helper processes behind), which the rows' memory would count."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def litdata_loader(out: Path, batch: int, workers: int, mean: float, std: float):
     from litdata import StreamingDataLoader, StreamingDataset
 
@@ -339,12 +349,12 @@ def main(argv=None) -> int:
             clips = peer_rows(store, info)
             mean, std = info.pixel_mean, info.pixel_std
             bc = max(1, B // 8)
-            urls = write_plain_wds(store, clips, peer_dir / "plain")
+            urls = _in_child(write_plain_wds, store, clips, peer_dir / "plain")
             disk["peer: plain webdataset (.npy tar)"] = folder_mb(peer_dir / "plain")
             specs.append(("peer: plain webdataset (.npy tar)", "clip",
                           lambda: plain_wds_loader(urls, bc, nw, mean, std), clip_bins))
             try:
-                write_litdata(store, clips, peer_dir / "litdata")
+                _in_child(write_litdata, store, clips, peer_dir / "litdata")
             except ImportError:
                 print(f"litdata not installed: {PEER_EXTRA}")
             else:
