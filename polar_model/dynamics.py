@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .polar import POLAR_EPS, polar_decompose
+from .polar import POLAR_EPS, at_least_float32, polar_decompose
 
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
 # the renormalisation factor 1 / sqrt(PHASE_FLOOR) where it is clamped (its gradient is
@@ -100,7 +100,7 @@ def polar_level_autograd(y, decay, cd, sd, weights, first: int, means: bool):
     """:meth:`PolarDynamics.forward` after the drive, step by step through autograd (the
     reference :class:`PolarLevel` is tested against). ``decay`` [T, B]; ``cd``, ``sd``
     (cos, sin of the phase advance) [T, B, M] or None."""
-    y = _at_least_float32(y)
+    y = at_least_float32(y)
     even, odd = y.chunk(2, dim=2)
     amp, co, so = polar_decompose(even, odd)
     A, c, s, E = [amp[0]], [co[0]], [so[0]], [torch.zeros_like(amp[0])]
@@ -140,7 +140,7 @@ class PolarLevel(torch.autograd.Function):
     def forward(ctx, y, decay, cd, sd, weights, first: int, means: bool):
         ctx.dtypes = (y.dtype, decay.dtype, weights.dtype)
         with torch.autocast(y.device.type, enabled=False):
-            y, w = _at_least_float32(y).contiguous(), _at_least_float32(weights)
+            y, w = at_least_float32(y).contiguous(), at_least_float32(weights)
             T, B, M2, H, W = y.shape
             M = M2 // 2
             e, o = y[:, :, :M], y[:, :, M:]
@@ -149,10 +149,10 @@ class PolarLevel(torch.autograd.Function):
             del inv0
             A, c, s, inv, E = (torch.empty_like(amp) for _ in range(5))
             A[0], c[0], s[0], E[0], inv[0] = amp[0], co[0], so[0], 0.0, 1.0
-            r = _at_least_float32(decay)[..., None, None, None]   # [T, B, 1, 1, 1]
+            r = at_least_float32(decay)[..., None, None, None]   # [T, B, 1, 1, 1]
             rot = cd is not None
             if rot:
-                cd, sd = (_at_least_float32(x)[..., None, None] for x in (cd, sd))
+                cd, sd = (at_least_float32(x)[..., None, None] for x in (cd, sd))
             for t in range(1, T):
                 cr, sr = _rotate(c[t - 1], s[t - 1], cd[t], sd[t]) if rot else (
                     c[t - 1], s[t - 1])
@@ -269,10 +269,6 @@ class PolarLevel(torch.autograd.Function):
         dy, dr, dw = ctx.dtypes
         return (gy.to(dy), g_decay.to(dr), g_cd if rot else None, g_sd if rot else None,
                 g_wt.t().to(dw), None, None)
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _rotate(c, s, cd, sd):
