@@ -1,15 +1,20 @@
 """The data configuration (``configs/data/*.yaml``): which sessions, how to store them, how to
-load them. Plain YAML mapped onto these dataclasses; unknown keys are errors naming the key."""
+load them. Plain YAML mapped onto these dataclasses; unknown keys are errors naming the key.
+
+Every number has a declared range (:func:`polar_data.typed_yaml.bounded`): sizes are bounded
+generously but finitely, as each sizes an allocation (frames are uint8 ``H x W``; the demo's
+51 x 51 crops are 2.6 kB a frame), so a typo cannot ask for terabytes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .demo.generate import DemoConfig
 from .readers.nwb import NwbOptions
 from .schema import SPLITS
-from .typed_yaml import load_config
+from .typed_yaml import SEED_RANGE, FieldError, bounded, check_fields, load_config
 
 DEFAULT_WINDOW_LEN = 16
 
@@ -19,32 +24,32 @@ class StoreConfig:
     """How ``build_shards.py`` turns sessions into stores (rates in Hz, sizes in bins / MB)."""
 
     out_dir: Path = Path("data/demo_store")
-    window_len: int | None = None  # None: derived from --model-config, else 16
-    clip_len: int = 256            # target bins per WebDataset clip (at most)
-    target_rate_hz: float | None = 120.0  # resample within trials (None: keep source rate)
-    splits: dict[str, float] = field(
-        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    split_seed: int = 0
-    chunk_bins: int = 64           # Zarr chunk length along time (bins)
-    zstd_level: int = 3
-    shard_target_mb: float = 8.0   # uncompressed stimulus bytes per WebDataset shard
-    shard_seed: int = 0            # order in which clips of all sessions are interleaved
+    window_len: int | None = bounded(None, "[1, 4096]")  # None: from --model-config, else 16
+    clip_len: int = bounded(  # target bins per WebDataset clip (at most)
+        256, "[1, 16384]", "bins per WebDataset clip, each clip held whole in memory")
+    target_rate_hz: float | None = bounded(  # resample within trials (None: source rate)
+        120.0, "(0, 100000]")
+    splits: dict[str, float] = bounded({"train": 0.7, "val": 0.15, "test": 0.15}, "[0, 1]")
+    split_seed: int = bounded(0, SEED_RANGE)
+    chunk_bins: int = bounded(  # Zarr chunk length along time (bins)
+        64, "[1, 16384]", "bins per Zarr chunk: a chunk holds chunk_bins uint8 frames, "
+                          "16384 frames of 256 x 256 pixels are 1074 MB")
+    zstd_level: int = bounded(3, "[1, 22]", "zstd's compression levels")
+    shard_target_mb: float = bounded(  # uncompressed stimulus bytes per WebDataset shard
+        8.0, "(0, 65536]", "MB of frames per shard")
+    shard_seed: int = bounded(0, SEED_RANGE)  # order in which clips of all sessions interleave
     trust_pickle: bool = False     # .dset files are pickles: load only if you trust them
-    ingest_chunk_bins: int = 4096  # source bins read at a time (whole trials): bounds memory
+    ingest_chunk_bins: int = bounded(  # source bins read at a time (whole trials): bounds memory
+        4096, "[1, 1048576]", "source bins held in memory at a time: 1048576 frames of "
+                              "51 x 51 pixels are 2727 MB")
 
     def __post_init__(self):
-        if self.window_len is not None and self.window_len < 1:
-            raise ValueError("window_len must be >= 1")
-        if self.clip_len < 1:
-            raise ValueError("clip_len must be >= 1")
+        check_fields(self)
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown:
-            raise ValueError(f"splits.{unknown[0]}: unknown split (use {list(SPLITS)})")
-        if any(v < 0 for v in self.splits.values()) or abs(sum(self.splits.values()) - 1) > 1e-6:
-            raise ValueError(f"splits must be non-negative and sum to 1, got {self.splits}")
-        if self.chunk_bins < 1 or self.shard_target_mb <= 0 or self.ingest_chunk_bins < 1:
-            raise ValueError("chunk_bins, shard_target_mb and ingest_chunk_bins must be "
-                             "positive")
+            raise FieldError(f"splits.{unknown[0]}", f"unknown split (use {list(SPLITS)})")
+        if abs(sum(self.splits.values()) - 1) > 1e-6:
+            raise FieldError("splits", f"must sum to 1, got {self.splits}")
 
 
 @dataclass
@@ -52,29 +57,30 @@ class LoaderConfig:
     """How the DataModule reads a store (see polar_data.batches for the batch layout)."""
 
     store: str | None = None          # folder or URL (s3://...) of a built store; None: out_dir
-    kind: str = "wds"                 # "wds" (streaming shards) or "zarr" (random access)
-    mode: str = "clip"                # "clip" (dense, all targets) or "window" (last bin)
-    batch_size: int = 16
-    clip_len: int | None = None       # clip mode: targets per sample (None: the store's)
-    eval_batch_size: int | None = None
-    num_workers: int = 2
+    kind: Literal["wds", "zarr"] = "wds"  # streaming shards or random access
+    mode: Literal["clip", "window"] = "clip"  # dense, all targets / the last bin of a window
+    batch_size: int = bounded(16, "[1, 8192]", "samples per batch, held in memory")
+    clip_len: int | None = bounded(  # clip mode: targets per sample (None: the store's)
+        None, "[1, 16384]")
+    eval_batch_size: int | None = bounded(None, "[1, 8192]", "samples per batch")
+    num_workers: int = bounded(2, "[0, 256]")
     pin_memory: bool = False
-    seed: int = 0
-    clip_buffer: int = 32             # shuffle buffer, clips (wds)
-    window_buffer: int = 2048         # shuffle buffer, windows (wds, window mode)
-    blocks_per_batch: int = 4         # chunk blocks pooled per batch (zarr)
-    batches_per_epoch: int | None = None  # per rank; None: one pass over the split
+    seed: int = bounded(0, SEED_RANGE)
+    clip_buffer: int = bounded(  # shuffle buffer, clips (wds)
+        32, "[1, 4096]", "clips held in memory per worker")
+    window_buffer: int = bounded(  # shuffle buffer, windows (wds, window mode)
+        2048, "[1, 65536]", "windows held in memory per worker")
+    blocks_per_batch: int = bounded(  # chunk blocks pooled per batch (zarr)
+        4, "[1, 1024]", "Zarr chunks read and held per batch")
+    batches_per_epoch: int | None = bounded(  # per rank; None: one pass over the split
+        None, "[1, 1000000000]")
     skip_corrupt: bool = False        # skip (with a warning) shards failing their checksum
     verify_chunks: bool = False       # zarr: sha256 every chunk file on open (sizes: always)
-    storage_options: dict[str, str] = field(default_factory=dict)  # fsspec options
+    storage_options: dict[str, object] = field(default_factory=dict)  # fsspec options:
+    # plain data, e.g. {anon: true} or {client_kwargs: {region_name: eu-west-1}}
 
     def __post_init__(self):
-        if self.kind not in ("wds", "zarr"):
-            raise ValueError(f"kind: must be 'wds' or 'zarr', got {self.kind!r}")
-        if self.mode not in ("window", "clip"):
-            raise ValueError(f"mode: must be 'window' or 'clip', got {self.mode!r}")
-        if self.batch_size < 1 or self.num_workers < 0:
-            raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        check_fields(self)
 
 
 @dataclass

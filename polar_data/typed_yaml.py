@@ -3,10 +3,19 @@
 Every error names the offending key by its dotted path, e.g.
 ``configs/data/demo.yaml: splits.val: expected float, got 'a lot'``.
 
-Supported field types: bool, int, float, str, Path, ``X | None``, ``list[X]``,
-``tuple[X, ...]``, ``dict[str, X]``, ``Literal[...]``, nested dataclasses, and unions of
-dataclasses told apart by a ``kind: Literal[...]`` field (a *tagged union*: the mapping's
-``kind`` picks the class; without one, the first class of the union).
+Supported field types: bool, int, float (finite: NaN and infinities are refused), str, Path,
+``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]``, ``Literal[...]``, ``object``
+(any plain YAML data: text, booleans, numbers, null and lists / mappings of these, e.g. fsspec
+``storage_options``), nested dataclasses, and unions of dataclasses told apart by a
+``kind: Literal[...]`` field (a *tagged union*: the mapping's ``kind`` picks the class; without
+one, the first class of the union).
+
+Ranges are declared per field (:func:`bounded`: ``chunk_bins: int = bounded(64, "[1, 16384]")``)
+and checked by :func:`check_fields`, which every config dataclass calls first in its
+``__post_init__``; a bad value is a :class:`FieldError` naming the field, which
+:func:`from_dict` turns into the dotted key (``store.chunk_bins: must be in [1, 16384], got
+1000000000``). Config files may not use YAML anchors or aliases (``&x`` / ``*x``): a few lines
+of aliases can expand to billions of values ("billion laughs"), so the reader refuses them.
 
 Command-line overrides (:func:`split_overrides`, :func:`apply_overrides`) address any key by
 its dotted path (``--model.n_pairs 12``, ``--store.splits.val 0.2``); the value is read as
@@ -21,6 +30,8 @@ training layer) may import: it knows nothing of stores or sessions.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -33,6 +44,129 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or mapping does not fit its dataclass."""
+
+
+class FieldError(ConfigError):
+    """Field ``key`` of a config dataclass has a value it does not accept (raised by
+    ``__post_init__`` checks, which do not know where the dataclass sits in the tree;
+    :func:`from_dict` adds the path)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+# ----------------------------------------------------------------- declared ranges
+
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\]\)\s]+)\s*([\])])\s*$")
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value  # "1e6" -> 1000000
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed or open interval ``[lo, hi]`` / ``(lo, hi)`` a number must lie in (NaN never
+    does); ``why``: what the bound protects, said in the error (e.g. the memory it sizes)."""
+
+    lo: int | float
+    hi: int | float
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""
+
+    @classmethod
+    def parse(cls, interval: str, why: str = "") -> Range:
+        """``"[1, 16384]"``, ``"(0, 1)"``, ``"[0, 1e6]"`` (both ends finite)."""
+        m = _INTERVAL.match(interval)
+        if m is None:
+            raise ValueError(f"not an interval: {interval!r}")
+        lo, hi = _number(m.group(2)), _number(m.group(3))
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"not a finite interval: {interval!r}")
+        return cls(lo, hi, m.group(1) == "(", m.group(4) == ")", why)
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+    def holds(self, value: int | float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return bool(above and below)  # False for NaN
+
+    def check(self, key: str, value: Any) -> None:
+        """FieldError naming ``key`` unless ``value`` (None passes; for a tuple / list each
+        item, for a mapping each value) lies in the interval."""
+        if isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                self.check(f"{key}[{i}]", v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                self.check(f"{key}.{k}", v)
+        elif value is not None and not (isinstance(value, int | float)
+                                        and not isinstance(value, bool) and self.holds(value)):
+            note = f" ({self.why})" if self.why else ""
+            raise FieldError(key, f"must be in {self}, got {value!r}{note}")
+
+
+SEED_RANGE = "[0, 4294967295]"  # the seeds numpy and Lightning's seed_everything accept
+
+
+def bounded(default: Any, interval: str, why: str = "") -> Any:
+    """A dataclass field with ``default`` whose value must lie in ``interval`` (see
+    :class:`Range`; a list / mapping default becomes a factory). Checked by
+    :func:`check_fields`."""
+    meta = {"range": Range.parse(interval, why)}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: _copy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_fields(obj: Any) -> None:
+    """Every declared range of dataclass ``obj`` (:func:`bounded`); FieldError names the
+    first field out of range. Call first in ``__post_init__``."""
+    for f in dataclasses.fields(obj):
+        bound = f.metadata.get("range")
+        if bound is not None:
+            bound.check(f.name, getattr(obj, f.name))
+
+
+def check_name(key: str, value: str) -> None:
+    """FieldError unless ``value`` can name a folder by itself: e.g. a run folder
+    ``runs/<name>``, which a name like ``../x`` would leave. The safe names of
+    :mod:`polar_data.safe_names` (letters, digits and ``._-``, starting with a letter or
+    digit, no ``..``, at most 64 characters; not imported: the model layer may import this
+    module only)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:
+        raise FieldError(key, "must be a plain name (letters, digits and . _ -, starting with "
+                              f"a letter or digit, no '..', at most 64 characters), got "
+                              f"{value!r}")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` if it is plain YAML data (text, bool, int, finite float, None, and lists /
+    mappings with text keys of these), as fsspec options are; else ConfigError."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return _finite(value, where)
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: keys must be text, got {k!r}")
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where}: expected plain data (text, true/false, a number, null, or a "
+                      f"list / mapping of these), got {type(value).__name__} {value!r}")
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return value
 
 
 def _kinds(cls) -> tuple:
@@ -66,6 +200,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if tp is object:
+        return _plain(value, where)
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -86,7 +222,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} fits none of {tp}")
     if origin is Literal:
         choices = get_args(tp)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):  # 1 is not True
             raise ConfigError(f"{where}: must be one of {list(choices)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -116,7 +252,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(float(value), where)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -152,21 +288,63 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     try:
         return cls(**kwargs)
+    except FieldError as e:  # __post_init__ checks of one field: its dotted key
+        raise ConfigError(f"{prefix}{e.key}: {e.message}") from e
     except ConfigError:
         raise
-    except (ValueError, TypeError) as e:  # __post_init__ checks
+    except (ValueError, TypeError) as e:  # other __post_init__ checks
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors and aliases (``&x`` / ``*x`` and ``<<: *x``)
+    before any node is built: a few lines of nested aliases ("billion laughs") expand to
+    billions of values for whatever walks the tree."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in config "
+                            "files: write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text as plain data (no anchors / aliases); ConfigError starting with ``where``
+    (the file or flag) and the line of the problem."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: plain data only
+    except yaml.composer.ComposerError as e:
+        raise ConfigError(f"{where}: line {e.problem_mark.line + 1}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: {line}not valid YAML ({problem})") from None
+
+
+def read_mapping(path: str | Path, what: str = "config file") -> dict:
+    """YAML file ``path`` as a mapping (empty file: {}); ConfigError naming the file when it
+    is missing, not valid YAML, uses aliases or is not a mapping at the top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:
     """Read YAML file ``path`` into dataclass ``cls``; errors start with the file name."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_mapping(path)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
@@ -240,6 +418,8 @@ def _field_type(cls: type, tree: dict, parts: list[str], where: str) -> Any:
             tp = hints[part]
         elif get_origin(tp) is dict:
             tp = (get_args(tp) or (str, Any))[1]
+        elif tp is object:  # plain data: a key inside it is plain data too
+            pass
         else:
             raise ConfigError(f"{where}: --{key}: {'.'.join(parts[:i]) or 'it'} has no keys")
         node = node.get(part) if isinstance(node, dict) else None
@@ -256,15 +436,16 @@ def _accepts(tp: Any, kind: type) -> bool:
     return False
 
 
-def parse_value(text: str, tp: Any) -> Any:
+def parse_value(text: str, tp: Any, where: str = "command line") -> Any:
     """A command-line value for a field of type ``tp``: YAML, except that a text field keeps
     its text (``--model.name 1e3`` is the string) and a number field reads ``3e-3`` (which
-    YAML 1.1 leaves a string) as a float. ``null`` / ``~`` is None."""
+    YAML 1.1 leaves a string) as a float. ``null`` / ``~`` is None. ``where`` (the flag)
+    starts the error of a value that is not valid YAML."""
     if text in ("null", "Null", "NULL", "~", "None"):
         return None
     if _accepts(tp, str) or _accepts(tp, Path):
         return text
-    value = yaml.safe_load(text) if text.strip() else text
+    value = parse_yaml(text, where) if text.strip() else text
     if isinstance(value, str) and _accepts(tp, float):
         try:
             return float(text)
@@ -280,7 +461,7 @@ def apply_overrides(cls: type, tree: dict, overrides, where: str = "command line
     for key, text in overrides:
         parts = key.split(".")
         tp = _field_type(cls, tree, parts, where)
-        value = parse_value(text, tp)
+        value = parse_value(text, tp, f"{where}: --{key}")
         _convert(value, tp, f"{where}: --{key}")  # type check now, named by its flag
         node = tree
         for part in parts[:-1]:

@@ -106,7 +106,12 @@ def test_override_a_key_inside_a_mapping_and_of_the_baseline():
     (["--loader.batch_size", "1.5"], r"--loader\.batch_size: expected an integer"),
     (["--model.use_behavior", "maybe"], r"--model\.use_behavior: expected true/false"),
     (["--model.temporal", "sometimes"], r"--model\.temporal: must be one of"),
-    (["--model.n_pairs", "0"], r"full\.yaml \+ --model\.n_pairs: model: n_pairs: must be >= 1"),
+    (["--model.n_pairs", "0"],
+     r"full\.yaml \+ --model\.n_pairs: model\.n_pairs: must be in \[1, \d+\], got 0"),
+    (["--train.lr", "nan"], r"command line: --train\.lr: expected a finite number, got nan"),
+    (["--train.betas", "[0.9, 1.5]"], r"--train\.betas: train\.betas\[1\]: must be in \[0, 1\)"),
+    (["--train.precision", "bogus"], r"--train\.precision: must be one of"),
+    (["--loader.kind", "tar"], r"--loader\.kind: must be one of \['wds', 'zarr'\]"),
 ])
 def test_override_errors_name_the_key_and_where(argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,8 +27,11 @@ from ..readers.dset import mask_to_intervals, write_dset
 from ..readers.nwb import write_nwb
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session
+from ..typed_yaml import SEED_RANGE, FieldError, bounded, check_fields
 from .eye_movements import GazeParams, simulate_gaze
 from .population import PopulationParams, V1Population, sample_spikes
+
+MAX_SESSION_FRAMES_GIB = 32  # bound on one demo session's frames (uint8, held whole)
 
 IMAGE_NAMES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon",
                "grass", "gravel", "brick")
@@ -37,32 +41,38 @@ IMAGE_NAMES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "m
 class DemoConfig:
     """Demo-session generator settings (YAML: the ``demo:`` block of a data config).
 
-    Times in seconds, rates in Hz, geometry in pixels and degrees.
+    Times in seconds, rates in Hz, geometry in pixels and degrees. A session's frames
+    (``duration_s x rate_hz`` bins of ``crop_px x crop_px`` uint8 pixels) are held whole, so
+    their size is bounded (:data:`MAX_SESSION_FRAMES_GIB`).
     """
 
-    n_sessions: int = 3
-    duration_s: float = 300.0           # total in-trial time per session
-    rate_hz: float = 240.0              # source bin rate (the lab's 240 Hz)
-    trial_s: tuple[float, float] = (3.0, 6.0)
-    iti_s: float = 0.5                  # gap between trials (no bins)
-    crop_px: int = 51                   # crop side, pixels
-    crop_deg: float = 4.0               # crop side, degrees (-> ppd = crop_px / crop_deg)
-    screen_ppd: float = 25.0            # screen image pixels per degree
-    n_units: tuple[int, int] = (24, 40)  # selected units per session, drawn in this range
-    n_noise_clusters: int = 4           # extra .dset columns not listed in cids
-    nwb_layout: str = "screen"          # "screen" or "crops"
-    seed: int = 0
+    n_sessions: int = bounded(3, "[1, 1000]")
+    duration_s: float = bounded(300.0, "(0, 1000000]")  # total in-trial time per session
+    rate_hz: float = bounded(240.0, "(0, 10000]")      # source bin rate (the lab's 240 Hz)
+    trial_s: tuple[float, float] = bounded((3.0, 6.0), "(0, 3600]")  # lo, hi
+    iti_s: float = bounded(0.5, "[0, 3600]")            # gap between trials (no bins)
+    crop_px: int = bounded(51, "[1, 1024]")             # crop side, pixels
+    crop_deg: float = bounded(4.0, "(0, 180]")          # crop side, degrees (-> ppd)
+    screen_ppd: float = bounded(25.0, "(0, 1000]")      # screen image pixels per degree
+    n_units: tuple[int, int] = bounded(  # selected units per session, drawn in this range
+        (24, 40), "[1, 4096]")
+    n_noise_clusters: int = bounded(4, "[0, 4096]")     # extra .dset columns not in cids
+    nwb_layout: Literal["screen", "crops"] = "screen"
+    seed: int = bounded(0, SEED_RANGE)
     gaze: GazeParams = field(default_factory=GazeParams)
 
     def __post_init__(self):
-        if self.n_sessions < 1:
-            raise ValueError("n_sessions must be >= 1")
-        if self.duration_s <= 0 or self.rate_hz <= 0:
-            raise ValueError("duration_s and rate_hz must be positive")
-        if self.nwb_layout not in ("screen", "crops"):
-            raise ValueError(f"nwb_layout must be 'screen' or 'crops', got {self.nwb_layout!r}")
-        if not (1 <= self.n_units[0] <= self.n_units[1]):
-            raise ValueError(f"n_units must be a range lo <= hi, got {self.n_units}")
+        check_fields(self)
+        if self.trial_s[0] > self.trial_s[1]:
+            raise FieldError("trial_s", f"must be a range lo <= hi, got {self.trial_s}")
+        if self.n_units[0] > self.n_units[1]:
+            raise FieldError("n_units", f"must be a range lo <= hi, got {self.n_units}")
+        gib = self.duration_s * self.rate_hz * self.crop_px ** 2 / 2 ** 30
+        if gib > MAX_SESSION_FRAMES_GIB:
+            raise ValueError(
+                f"one session's frames (duration_s x rate_hz bins of crop_px x crop_px "
+                f"pixels) would be {gib:.1f} GiB, more than {MAX_SESSION_FRAMES_GIB} GiB: "
+                f"shorten duration_s or lower rate_hz / crop_px")
 
     @property
     def crop_ppd(self) -> float:

@@ -30,46 +30,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-import yaml
+from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 
 from polar_data.data_config import DATA_SECTIONS, DataConfig
 from polar_data.typed_yaml import (
+    SEED_RANGE,
     ConfigError,
     apply_overrides,
+    bounded,
+    check_fields,
     from_dict,
     load_config,
+    read_mapping,
     to_dict,
     to_yaml,
 )
 
 from ..config import ModelConfig, PolarConfig, config_from_dict
 
+# The precisions Lightning's Trainer accepts ("32-true", "bf16-mixed", "16", 32, ...): its own
+# Literal, so the list follows the installed Lightning.
+Precision = Literal[get_args(_PRECISION_INPUT)]  # a union of Literals -> one Literal
+STEPS = "[1, 1000000000]"  # counts of optimizer steps
+
 
 @dataclass
 class TrainConfig:
     """Optimisation settings (``configs/train/*.yaml``); steps are optimizer steps."""
 
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 50
-    max_steps: int = 600
-    max_epochs: int = 1000         # the step budget usually ends training first
-    grad_clip: float = 1.0
-    ema_decay: float | None = None  # EMA of weights for evaluation (None: off)
-    seed: int = 0
-    val_every_steps: int = 100
-    log_every_steps: int = 10
-    precision: str = "32-true"
-    head_lr_mult: float = 1.0      # lr multiplier of the per-unit heads (readouts and
-                                   # saccade-locked gains)
+    lr: float = bounded(3e-3, "(0, 10]")
+    weight_decay: float = bounded(1e-4, "[0, 10]")  # AdamW's decoupled decay (x lr)
+    betas: tuple[float, float] = bounded((0.9, 0.999), "[0, 1)")  # Adam's moment decays
+    warmup_steps: int = bounded(50, "[0, 1000000000]")
+    max_steps: int = bounded(600, STEPS)
+    max_epochs: int = bounded(1000, "[1, 1000000000]")  # the step budget usually ends first
+    grad_clip: float = bounded(1.0, "[0, 1000000]")  # gradient norm clip (0: none)
+    ema_decay: float | None = bounded(None, "(0, 1)")  # EMA of weights for evaluation
+    seed: int = bounded(0, SEED_RANGE)
+    val_every_steps: int = bounded(100, STEPS)
+    log_every_steps: int = bounded(10, STEPS)
+    precision: Precision = "32-true"
+    head_lr_mult: float = bounded(  # lr multiplier of the per-unit heads (readouts and
+        1.0, "(0, 10000]")          # saccade-locked gains)
 
     def __post_init__(self):
-        if self.lr <= 0 or self.max_steps < 1 or self.warmup_steps < 0:
-            raise ValueError("lr must be > 0, max_steps >= 1, warmup_steps >= 0")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError("ema_decay must be in (0, 1)")
+        check_fields(self)
 
 
 @dataclass
@@ -82,16 +89,6 @@ class RunConfig(DataConfig):
 
 
 SECTIONS = (*DATA_SECTIONS, "model", "train")
-
-
-def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
 
 
 def load_run_config(config: str | Path | None = None, data: str | Path | None = None,
@@ -111,19 +108,19 @@ def load_run_config(config: str | Path | None = None, data: str | Path | None = 
             origin[k] = [where]
 
     if config is not None:
-        d = _read_yaml(config)
+        d = read_mapping(config)
         load_config(config, RunConfig)  # errors name this file and the dotted key
         take(d, str(config))
     if data is not None:
-        d = _read_yaml(data)
+        d = read_mapping(data)
         load_config(data, DataConfig)
         take(d, str(data))
     if model is not None:
-        d = _read_yaml(model)
+        d = read_mapping(model)
         config_from_dict(d, str(model))
         take({"model": d}, str(model))
     if train is not None:
-        d = _read_yaml(train)
+        d = read_mapping(train)
         load_config(train, TrainConfig)
         take({"train": d}, str(train))
     try:  # every default filled in, so an override of one key keeps its neighbours
