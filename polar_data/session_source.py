@@ -9,6 +9,10 @@ one chunk.
 Checks that span the whole session run on ``t`` and ``trial`` up front (time strictly
 increasing, naming the bin; trials contiguous); every other check runs on every chunk
 (:meth:`Session.validate`).
+
+A reader that knows what its chunks will allocate (from the file's declared shapes) gives a
+:class:`ChunkBudget`; :func:`session_chunks` refuses, before reading anything, a chunk length
+whose estimate passes the budget's limit, naming the dataset behind most of it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,45 @@ from .session import Provenance, Session, SessionError, check_bin_grid
 DEFAULT_CHUNK_BINS = 4096  # source bins per chunk (whole trials; a longer trial is one chunk)
 
 
+@dataclass(frozen=True)
+class ChunkBudget:
+    """What reading a session allocates, estimated from declared shapes before any data is
+    read: ``items`` = (dataset and its declared shape, bytes held while chunks are read,
+    bytes each source bin of a chunk adds); ``limit`` the most allowed (bytes); ``where`` the
+    source; ``option`` the setting that raises ``limit``."""
+
+    items: tuple[tuple[str, int, int], ...]
+    limit: int
+    where: str
+    option: str
+
+    def need(self, n_bins: int) -> int:
+        """Bytes allocated when ``n_bins`` bins are read at a time."""
+        return sum(held + per_bin * n_bins for _, held, per_bin in self.items)
+
+    def check(self, n_bins: int, hint: str = "") -> None:
+        """Raise :class:`SessionError` naming the largest item when ``n_bins`` bins at a time
+        pass the limit."""
+        need = self.need(n_bins)
+        if need <= self.limit:
+            return
+        label, held, per_bin = max(self.items, key=lambda it: it[1] + it[2] * n_bins)
+        raise SessionError(
+            f"{self.where}: {label} would need about {(held + per_bin * n_bins) / 1e9:.3g} GB "
+            f"of memory (the session about {need / 1e9:.3g} GB, read {n_bins} bin(s) at a time), "
+            f"over {self.option} = {self.limit / 1e9:g} GB; raise {self.option}{hint} if the "
+            "machine has the memory")
+
+
 @dataclass
 class SessionSource:
     """A session's metadata and bin grid, with ``read(a, b)`` giving bins ``a .. b-1`` (whole
     trials) as a validated :class:`Session` at the source rate.
 
     ``t`` float64 [T] bin starts (s), ``trial`` int64 [T]; ``close`` releases the file.
+    ``budget``: what a chunk allocates (None: not estimated); ``notes``: counts of what the
+    reader changed or dropped to make the session valid (e.g. ``{"trials_trimmed": 2}``),
+    for the build's summary.
     """
 
     name: str
@@ -39,6 +76,8 @@ class SessionSource:
     read: Callable[[int, int], Session]
     provenance: Provenance | None = None
     close: Callable[[], None] = field(default=lambda: None)
+    budget: ChunkBudget | None = None
+    notes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         check_bin_grid(self.name, self.t, self.trial)
@@ -96,7 +135,13 @@ def session_chunks(source: SessionSource, factor: int = 1,
     trials. At most about ``max_bins`` source bins are held at a time."""
     if factor > 1:
         resampled_trials(source, factor)  # refuses a session with nothing left
-    for a, b in chunk_bounds(source.trial, max_bins):
+    bounds = chunk_bounds(source.trial, max_bins)
+    if source.budget is not None:  # before anything is read
+        longest = max(b - a for a, b in bounds)
+        one_trial = max(b - a for a, b in chunk_bounds(source.trial, 1))
+        source.budget.check(longest, " or lower store.ingest_chunk_bins"
+                            if longest > one_trial else "")
+    for a, b in bounds:
         chunk = source.read(a, b)  # validated by the reader
         if factor > 1:
             if resample_firsts(chunk.trial, factor).size == 0:

@@ -10,13 +10,28 @@ What is read, and from where (the README's "NWB" section says the same):
   screen size from the stimulus images: pixel (0, 0) is the top-left corner, rows grow down);
   anything else is refused naming the unit. ``conversion`` and ``offset`` are applied. NaN
   where the tracker lost the eye; ``eye_valid`` = finite gaze. More than one candidate: the
-  error lists them and ``--nwb-gaze NAME`` (``nwb.gaze``) picks one.
+  error lists them and ``--nwb-gaze NAME`` (``nwb.gaze``) picks one. Gaze-like series (a
+  ``[T, 2]`` series in a ``PupilTracking`` / ``*EyeTracking`` container such as
+  ndx-ellipse-series' ``EllipseEyeTracking``, or an ``EllipseSeries``-like type) are never
+  taken on their own (they may hold pupil or corneal-reflection positions): with no
+  EyeTracking SpatialSeries the error lists them, and ``--nwb-gaze NAME`` uses one.
 * **Trials**: the ``trials`` table (``start_time``, ``stop_time``; ids = row ids); bins outside
   every trial are dropped. Without a table: one trial per stimulus presentation (screen
-  images) or one trial for the whole recording (crops), said in a warning.
+  images) or one trial for the whole recording (crops), said in a warning. A trial with a
+  NaN / infinite start or stop, or stopping before it starts, is refused naming its row and
+  id. A trial starting before an earlier one has stopped starts at that stop instead (the
+  earlier trial keeps its bins), one lying wholly inside an earlier trial is dropped (its bins
+  belong to the earlier one): no bin is lost, a warning names the file and the counts are in
+  ``SessionSource.notes`` (``trials_trimmed``, ``trials_dropped``, ``overlap_bins``).
 * **Spikes**: ``Units`` spike times, binned on the grid (bin i counts ``[t_i, t_i + dt)``);
   ``obs_intervals`` (if present) are each unit's valid periods (a bin is valid when its
-  midpoint lies in one). Unit ids = the table's ids.
+  midpoint lies in one). Unit ids = the table's ids. Spike times that cannot be seconds are
+  refused (more than half after the recording's end and their median beyond 10 x the end:
+  what milliseconds give). Without a Units table (or with ``--nwb.spikes NAME`` /
+  ``nwb.spikes``): a spike-count raster, a plain ``TimeSeries`` ``[R, N]`` of counts (e.g. in
+  ``processing/ecephys``) at least as fine as the gaze grid; each raster bin counts in the grid
+  bin holding its start, bins the raster does not cover are invalid, unit ids ``0 .. N-1``.
+  Several rasters: the error lists them and ``--nwb.spikes NAME`` picks one.
 * **Stimulus**, one of (more than one candidate: ``--nwb-stimulus NAME`` / ``nwb.stimulus``):
   A. *crops*: an ``ImageSeries`` / ``OpticalSeries`` (in ``stimulus`` or ``acquisition``) of
      gaze-contingent frames ``[F, H, W]`` (or RGB ``[F, H, W, 3]``), sampled onto the gaze's
@@ -42,6 +57,29 @@ What is read, and from where (the README's "NWB" section says the same):
 Files may be local paths or fsspec URLs (``s3://bucket/file.nwb``, with ``storage_options``):
 remote files are read through ``h5py`` on an fsspec file object, range by range, never
 downloaded whole.
+
+**A session split into files** (``<stem>.nwb`` + ``<stem>_image.nwb`` + ``<stem>_behavior.nwb``,
+as DANDI:000628 is) is given as its core file ``<stem>.nwb``; the companions beside it are
+opened with it (:func:`session_files`) and every object is looked for in the core first, then
+in the companions; the source's sha256 covers every file.
+
+**Reads stay inside the file.** HDF5 lets a file name other files: *external storage* (a
+dataset's bytes in a raw file, resolved against the working directory), *external links* and
+*virtual datasets* (objects of other HDF5 files). A file from elsewhere could thus copy any
+file of the builder's disk (a private key) into the store, or, read from a URL, make the
+builder read its own disk. So before any data is read, every file's metadata is walked
+(:mod:`polar_data.readers.hdf5_safety`) and a file naming any outside file is refused, naming
+the file, the object, the outside path and why. ``nwb.allow_external_files: true`` allows
+outside files that resolve (symlinks included) inside the source's own folder, never for a
+URL; they are hashed into the source's sha256, so a change of one rebuilds the session.
+
+**Memory follows the data, not the header.** Before reading, the reader estimates from the
+declared shapes and dtypes what the session will allocate (arrays read whole: gaze and its
+times, trials, spike times, the largest screen image decoded to float; per bin of a chunk:
+frames, rendered crops, counts ``[T, N]``, raster rows, true rates) and refuses past
+``nwb.max_memory_gb`` (default: the smaller of 8 GB and half the physical memory), naming the
+dataset, its declared shape and the option (:mod:`polar_data.readers.budget`); the chunk
+length is checked by :func:`polar_data.session_source.session_chunks`.
 """
 
 from __future__ import annotations
@@ -55,16 +93,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checksum import sha256_file
+from ..checksum import sha256_bytes, sha256_file
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session, SessionError
-from ..session_source import SessionSource
+from ..session_source import SessionSource, chunk_bounds
+from .budget import UNIT_BIN_BYTES, Estimate, label
 from .dset import bins_in_intervals, mask_to_intervals, median_rate
+from .hdf5_safety import scan_file
 
 CROPS_NAME = "gaze_contingent_stim"
 PRESENTATION_NAME = "stimulus_presentation"
 _DEGREES = ("degrees", "degree", "deg")
 _PIXELS = ("pixels", "pixel", "px")
+COMPANION_SUFFIXES = ("_image.nwb", "_behavior.nwb")  # a session split into files (DANDI)
+
+
+class MissingError(SessionError):
+    """A file lacks something a session needs (gaze, stimulus, spikes)."""
+
+# NwbOptions' numbers: (exclusive lower, inclusive upper) bounds; they size allocations
+_BOUNDS = {"screen_ppd": (0, 10_000.0), "crop_deg": (0, 360.0), "crop_px": (0, 4096),
+           "max_memory_gb": (0, 1e6)}
 
 
 @dataclass
@@ -76,6 +125,13 @@ class NwbOptions:
     gaze-contingent crop in degrees; ``crop_px``: its side in pixels (default: 51 when
     rendering from screen images; the frames' own size for crops). ``storage_options``:
     fsspec options (credentials, endpoint) for files given as URLs; never recorded.
+    ``spikes``: name (or path) of a spike-count raster ``TimeSeries`` to read spikes from
+    (used without it only when the file has no Units table and one raster candidate).
+    ``allow_external_files``: let a file's external links, external storage and virtual
+    dataset sources read files inside the source's own folder (hashed with the source);
+    off, such a file is refused. ``max_memory_gb``: the most a session may allocate, estimated
+    from declared shapes before reading (None: the smaller of 8 GB and half the physical
+    memory; :mod:`polar_data.readers.budget`).
     """
 
     gaze: str | None = None
@@ -83,15 +139,22 @@ class NwbOptions:
     screen_ppd: float | None = None
     crop_deg: float | None = None
     crop_px: int | None = None
-    storage_options: dict = field(default_factory=dict)  # fsspec options for s3:// etc.
+    spikes: str | None = None
+    allow_external_files: bool = False
+    max_memory_gb: float | None = None
+    storage_options: dict[str, object] = field(default_factory=dict)  # fsspec options (s3://)
 
     def __post_init__(self):
-        for key in ("screen_ppd", "crop_deg"):
+        for key, (lo, hi) in _BOUNDS.items():
             v = getattr(self, key)
-            if v is not None and not v > 0:
-                raise ValueError(f"nwb.{key} must be > 0, got {v}")
-        if self.crop_px is not None and self.crop_px < 1:
-            raise ValueError(f"nwb.crop_px must be >= 1, got {self.crop_px}")
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"nwb.{key} must be a finite number, got {v!r}")
+            if not lo < v <= hi:
+                raise ValueError(f"nwb.{key} must be > {lo:g} and <= {hi:g}, got {v}")
+        if self.crop_px is not None and int(self.crop_px) != self.crop_px:
+            raise ValueError(f"nwb.crop_px must be a whole number of pixels, got {self.crop_px}")
 
 
 def _walk(container, path: str):
@@ -106,7 +169,7 @@ def _walk(container, path: str):
 def _pick(candidates: list[tuple[str, object]], wanted: str | None, what: str, option: str,
           where: str):
     if wanted is not None:
-        hits = [c for c in candidates if wanted in (c[0], c[1].name)]
+        hits = [c for c in candidates if wanted in (c[0], c[0].split(":", 1)[-1], c[1].name)]
         if len(hits) != 1:
             names = ", ".join(p for p, _ in candidates) or "none"
             raise SessionError(f"{where}: {option} {wanted!r} matches {len(hits)} of the "
@@ -121,23 +184,68 @@ def _pick(candidates: list[tuple[str, object]], wanted: str | None, what: str, o
     return candidates[0]
 
 
-def find_gaze(nwb, where: str, wanted: str | None = None):
-    """(path, SpatialSeries) of the gaze: every SpatialSeries inside an EyeTracking."""
+def _in_eye_container(obj) -> bool:
+    """True for a series inside an EyeTracking / PupilTracking interface, or an extension's
+    container named like one (e.g. ndx-ellipse-series' ``EllipseEyeTracking``)."""
+    from pynwb.behavior import EyeTracking, PupilTracking
+
+    parent = getattr(obj, "parent", None)
+    kind = str(getattr(parent, "neurodata_type", "") or type(parent).__name__)
+    return isinstance(parent, EyeTracking | PupilTracking) or "EyeTracking" in kind \
+        or "PupilTracking" in kind
+
+
+def gaze_candidates(nwb) -> tuple[list, list]:
+    """(gaze, gaze-like) series of a file: every SpatialSeries inside an EyeTracking; and
+    every other [T, 2] series (x/y columns) in an eye-tracking container or of an
+    ``EllipseSeries``-like type, offered by name but used only when named."""
+    from pynwb import TimeSeries
     from pynwb.behavior import EyeTracking, SpatialSeries
 
-    cands = []
+    gaze, like = [], []
     for path, obj in _walk(nwb, ""):
         if isinstance(obj, SpatialSeries) and isinstance(obj.parent, EyeTracking):
-            cands.append((path.lstrip("/"), obj))
-    hit = _pick(cands, wanted, "gaze (EyeTracking SpatialSeries)", "--nwb-gaze", where)
-    if hit is None:
-        raise SessionError(f"{where}: no EyeTracking SpatialSeries in acquisition or processing")
-    return hit
+            gaze.append((path.lstrip("/"), obj))
+        elif isinstance(obj, TimeSeries) and obj.data is not None \
+                and tuple(getattr(obj.data, "shape", ()))[1:] == (2,) \
+                and (_in_eye_container(obj) or "Ellipse" in str(obj.neurodata_type)):
+            like.append((path.lstrip("/"), obj))
+    return gaze, like
 
 
-def find_stimulus(nwb, where: str, wanted: str | None = None):
-    """(path, series) of the stimulus: an IndexSeries of Images, or an ImageSeries /
-    OpticalSeries of frames that no IndexSeries indexes."""
+def find_gaze(nwb, where: str, wanted: str | None = None):
+    """(path, series) of the gaze: the SpatialSeries inside an EyeTracking (one, or the one
+    ``wanted`` names); a gaze-like series (:func:`gaze_candidates`) only when named."""
+    return _find_gaze([("", nwb)], where, wanted)
+
+
+def _labelled(files, find) -> list:
+    """``find(nwb)``'s candidates of every file, a companion's paths prefixed ``file:``."""
+    return [(f"{label}:{p}" if label else p, obj) for label, nwb in files for p, obj in find(nwb)]
+
+
+def _find_gaze(files, where: str, wanted: str | None):
+    what, option = "gaze (EyeTracking SpatialSeries)", "--nwb-gaze"
+    if wanted is not None:
+        both = _labelled(files, lambda n: sum(gaze_candidates(n), []))
+        return _pick(both, wanted, what, option, where)
+    for one in files:  # the core file first, then its companions
+        gaze = _labelled([one], lambda n: gaze_candidates(n)[0])
+        if gaze:
+            return _pick(gaze, None, what, option, where)
+    like = _labelled(files, lambda n: gaze_candidates(n)[1])
+    if like:
+        names = ", ".join(p for p, _ in like)
+        raise MissingError(
+            f"{where}: no EyeTracking SpatialSeries; gaze-like series (x/y columns in an eye "
+            f"or pupil tracking container, or EllipseSeries-like): {names}. If one is the gaze "
+            f"(x right, y up, with its unit), choose it with {option} NAME (nwb.gaze)")
+    raise MissingError(f"{where}: no EyeTracking SpatialSeries in acquisition or processing")
+
+
+def stimulus_candidates(nwb) -> list:
+    """(path, series) of every stimulus candidate of a file: an IndexSeries of Images, or an
+    ImageSeries / OpticalSeries of frames that no IndexSeries indexes."""
     from pynwb.image import ImageSeries, IndexSeries
 
     cands, indexed = [], set()
@@ -151,13 +259,45 @@ def find_stimulus(nwb, where: str, wanted: str | None = None):
         if isinstance(obj, ImageSeries) and id(obj) not in indexed and obj.data is not None \
                 and len(getattr(obj.data, "shape", ())) in (3, 4):
             cands.append((path.lstrip("/"), obj))
-    hit = _pick(cands, wanted, "stimulus (IndexSeries of Images, ImageSeries)",
-                "--nwb-stimulus", where)
-    if hit is None:
-        raise SessionError(f"{where}: no stimulus: expected an IndexSeries showing "
+    return cands
+
+
+def find_stimulus(nwb, where: str, wanted: str | None = None):
+    """(path, series) of the stimulus (:func:`stimulus_candidates`: one, or the one
+    ``wanted`` names)."""
+    return _find_in_files([("", nwb)], stimulus_candidates, where, wanted,
+                          "stimulus (IndexSeries of Images, ImageSeries)", "--nwb-stimulus")
+
+
+def _find_in_files(files, find, where: str, wanted: str | None, what: str, option: str):
+    """The one candidate of the first file (the core first) that has any, or the one
+    ``wanted`` names among those of every file; raises :class:`MissingError` for none."""
+    if wanted is not None:
+        return _pick(_labelled(files, find), wanted, what, option, where)
+    for one in files:
+        cands = _labelled([one], find)
+        if cands:
+            return _pick(cands, None, what, option, where)
+    if what.startswith("stimulus"):
+        raise MissingError(f"{where}: no stimulus: expected an IndexSeries showing "
                            "stimulus_template Images, or an ImageSeries of gaze-contingent "
                            "frames (see polar_data.readers.nwb)")
-    return hit
+    return None
+
+
+def raster_candidates(nwb) -> list:
+    """(path, series) of every spike-count raster of a file: a plain ``TimeSeries`` of
+    counts ``[T, N]`` (integer data, or a name / unit / description saying spikes or counts),
+    other than the demo's ``expected_counts``."""
+    cands = []
+    for path, obj in _walk(nwb, ""):
+        if type(obj).__name__ != "TimeSeries" or obj.name == "expected_counts" \
+                or len(getattr(obj.data, "shape", ())) != 2:
+            continue
+        words = f"{obj.name} {obj.unit} {obj.description}".lower()
+        if np.dtype(obj.data.dtype).kind in "iu" or "spike" in words or "count" in words:
+            cands.append((path.lstrip("/"), obj))
+    return cands
 
 
 def _times(series, where: str) -> np.ndarray:
@@ -241,8 +381,8 @@ def _open(path: str, storage_options: dict | None):
     return NWBHDF5IO(file=h5py.File(f, "r"), mode="r", load_namespaces=True), f
 
 
-def source_sha256(path: str, storage_options: dict | None = None) -> str:
-    """sha256 of a local file or an fsspec URL (streamed)."""
+def _hash_one(path: str, storage_options: dict | None) -> str:
+    """sha256 of one local file or fsspec URL (streamed)."""
     if "://" not in str(path):
         return sha256_file(path)
     import hashlib
@@ -256,28 +396,100 @@ def source_sha256(path: str, storage_options: dict | None = None) -> str:
     return h.hexdigest()
 
 
+def companion_core(path: str) -> str | None:
+    """The core file ``<stem>.nwb`` of a companion ``<stem>_image.nwb`` /
+    ``<stem>_behavior.nwb`` (None for any other path)."""
+    for suffix in COMPANION_SUFFIXES:
+        if str(path).endswith(suffix) and len(Path(str(path)).name) > len(suffix):
+            return str(path)[: -len(suffix)] + ".nwb"
+    return None
+
+
+def _exists(path: str, storage_options: dict | None) -> bool:
+    if "://" not in path:
+        return Path(path).is_file()
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return fs.isfile(p)
+
+
+def session_files(path: str, storage_options: dict | None = None) -> list[str]:
+    """The files of one session: ``path`` and, for a core ``<stem>.nwb``, the companions
+    ``<stem>_image.nwb`` / ``<stem>_behavior.nwb`` that exist beside it (a session split into
+    files, as DANDI:000628 is); a companion itself has none."""
+    path = str(path)
+    if not path.endswith(".nwb") or companion_core(path) is not None:
+        return [path]
+    stem = path[: -len(".nwb")]
+    return [path] + [c for c in (stem + s for s in COMPANION_SUFFIXES)
+                     if _exists(c, storage_options)]
+
+
+def source_sha256(path: str, storage_options: dict | None = None) -> str:
+    """sha256 of a session's source: of the file (local path or fsspec URL, streamed) when it
+    is the session's only file; else of the JSON of every file's sha256, the file's own with
+    its companions (:func:`session_files`) and the outside files inside its folder that its
+    HDF5 metadata names (:mod:`polar_data.readers.hdf5_safety`; read only with
+    ``nwb.allow_external_files``), so that a change of any of them is seen."""
+    path = str(path)
+    own = _hash_one(path, storage_options)
+    if not path.endswith(".nwb"):
+        return own
+    others = {}
+    for f in session_files(path, storage_options)[1:]:
+        others[f.rsplit("/", 1)[-1]] = _hash_one(f, storage_options)
+    if "://" not in path:
+        folder = Path(path).resolve().parent
+        for f in session_files(path, storage_options):
+            try:
+                outside = scan_file(f, allow=True)
+            except SessionError:
+                continue  # the reader refuses it with the reason
+            for real in outside:
+                others[str(real.relative_to(folder))] = sha256_file(real)
+    if not others:
+        return own
+    return sha256_bytes(json.dumps({"file": own, "with": dict(sorted(others.items()))},
+                                   sort_keys=True).encode())
+
+
 def open_nwb(path: str | Path, options: NwbOptions | None = None,
              sha256: str | None = None) -> SessionSource:
-    """Open one NWB file (local path or fsspec URL) as a :class:`SessionSource`: the bin grid
-    is read now, frames and counts chunk by chunk (module docstring: what is read from
-    where). ``sha256``: the file's hash if the caller has it (else computed)."""
+    """Open one NWB session (local path or fsspec URL; with its companion files,
+    :func:`session_files`) as a :class:`SessionSource`: the bin grid is read now, frames and
+    counts chunk by chunk (module docstring: what is read from where). Every file's HDF5
+    metadata is checked first: one naming files outside itself is refused (or, with
+    ``allow_external_files``, confined to its folder). ``sha256``: the source's hash if the
+    caller has it (else :func:`source_sha256`)."""
     opt = options or NwbOptions()
     path = str(path)
-    try:
-        io, raw = _open(path, opt.storage_options)
-        nwb = io.read()
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # h5py/hdmf raise many types for a damaged file
-        raise SessionError(f"{path}: corrupt or unreadable NWB file ({e})") from e
+    files = session_files(path, opt.storage_options)
+    for f in files:  # metadata only, before any data is read
+        scan_file(f, opt.allow_external_files, opt.storage_options)
+    opened: list = []
 
     def close():
-        io.close()
-        if raw is not None:
-            raw.close()
+        for io, raw in opened:
+            io.close()
+            if raw is not None:
+                raw.close()
 
+    nwbs = []
     try:
-        source = _plan(nwb, path, opt)
+        for f in files:
+            try:
+                io, raw = _open(f, opt.storage_options)
+                opened.append((io, raw))
+                nwbs.append((f, io.read()))
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # h5py/hdmf raise many types for a damaged file
+                raise SessionError(f"{f}: corrupt or unreadable NWB file ({e})") from e
+        try:
+            source = _plan(nwbs, path, opt)
+        except MissingError as e:
+            raise MissingError(f"{e}{_lone_companion_hint(path, opt.storage_options)}") from e
         source.provenance = Provenance(
             source=str(Path(path).resolve()) if "://" not in path else path,
             sha256=sha256 or source_sha256(path, opt.storage_options), reader="nwb")
@@ -288,18 +500,180 @@ def open_nwb(path: str | Path, options: NwbOptions | None = None,
         raise
 
 
+def _lone_companion_hint(path: str, storage_options: dict | None) -> str:
+    core = companion_core(path)
+    if core is None:
+        return ""
+    part = path[len(core) - len(".nwb"):]
+    where = ("is beside it: give that file instead (its companions are read with it)"
+             if _exists(core, storage_options) else "is not beside it")
+    return (f" ({path} looks like the {part!r} part of a session split into files; its core "
+            f"file {core} {where})")
+
+
 def read_nwb(path: str | Path, options: NwbOptions | None = None) -> Session:
-    """Read one NWB file (local path or fsspec URL) whole into a validated Session."""
+    """Read one NWB session (local path or fsspec URL) whole into a validated Session."""
     with open_nwb(path, options) as source:
+        if source.budget is not None:
+            source.budget.check(source.n_bins)
         return source.read(0, source.n_bins)
 
 
-def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
-    """The session's bin grid and everything small, and a reader of bins ``a .. b-1``."""
+def _basename(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _first_of(files, get):
+    """``get(nwb)`` of the first file (the core first) where it is not None, else None."""
+    for _, nwb in files:
+        value = get(nwb)
+        if value is not None:
+            return value
+    return None
+
+
+def _table(table):
+    return table if table is not None and len(table) > 0 else None
+
+
+def _truth(nwb):
+    for module in ("misc", "ground_truth"):
+        if module in nwb.processing and "expected_counts" in nwb.processing[module].data_interfaces:
+            return nwb.processing[module]["expected_counts"]
+    return None
+
+
+def _root(obj):
+    while getattr(obj, "parent", None) is not None:
+        obj = obj.parent
+    return obj
+
+
+def checked_trials(starts: np.ndarray, stops: np.ndarray, ids: np.ndarray, t_all: np.ndarray,
+                   where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Trials sorted by start, refused when a start or stop is NaN / infinite or a trial ends
+    before it starts (naming the row and id). A trial that starts before an earlier one has
+    stopped starts at that stop (the earlier trial keeps its bins); one lying wholly inside an
+    earlier trial is dropped. Returns (starts, stops, ids, counts): ``trials_trimmed``,
+    ``trials_dropped`` and ``overlap_bins`` (gaze samples claimed by two trials, kept in the
+    earlier one only), each present only when not 0."""
+    bad = ~(np.isfinite(starts) & np.isfinite(stops))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise SessionError(f"{where}: trials row {i} (id {ids[i]}) has start_time "
+                           f"{starts[i]} and stop_time {stops[i]} ({int(bad.sum())} such "
+                           "trials): every trial needs a finite start and stop; fix or remove "
+                           "them")
+    neg = stops < starts
+    if neg.any():
+        i = int(np.flatnonzero(neg)[0])
+        raise SessionError(f"{where}: trials row {i} (id {ids[i]}) stops before it starts "
+                           f"({starts[i]} -> {stops[i]} s; {int(neg.sum())} such trials): fix "
+                           "or remove them")
+    by_start = np.argsort(starts, kind="stable")
+    starts, stops, ids = starts[by_start], stops[by_start], ids[by_start]
+    before = np.concatenate([[-np.inf], np.maximum.accumulate(stops)[:-1]]) if len(stops) \
+        else stops
+    late = starts < before
+    dropped = late & (stops <= before)
+    trimmed = late & ~dropped
+    notes = {}
+    if late.any():
+        lo, hi = starts[late], np.minimum(stops[late], before[late])
+        overlap = np.searchsorted(t_all, hi, "left") - np.searchsorted(t_all, lo, "left")
+        notes = {"trials_trimmed": int(trimmed.sum()), "trials_dropped": int(dropped.sum()),
+                 "overlap_bins": int(overlap.sum())}
+        notes = {k: v for k, v in notes.items() if v}
+    starts = np.where(trimmed, before, starts)
+    keep = ~dropped
+    return starts[keep], stops[keep], ids[keep], notes
+
+
+def check_spike_units(spikes: np.ndarray, t_end: float, where: str, table: str) -> None:
+    """Refuse spike times that cannot be seconds: more than half after the recording's end
+    ``t_end`` (s) and a median beyond 10 x ``t_end`` (milliseconds give about 1000 x)."""
+    if spikes.size == 0 or not t_end > 0:
+        return
+    after = float((spikes > t_end).mean())
+    median = float(np.median(spikes))
+    if after > 0.5 and median > 10 * t_end:
+        raise SessionError(
+            f"{where}: Units table {table!r}: {after:.0%} of its {spikes.size} spike times lie "
+            f"after the recording's end ({t_end:.6g} s), median {median:.6g}: spike_times must "
+            "be in seconds (in milliseconds? divide them by 1000)")
+
+
+def _read_units(units, where: str, t_end: float):
+    """(unit ids, sorted spike times per unit, obs_intervals per unit or None), each column
+    read in one piece."""
+    unit_ids = np.asarray(units.id[:], dtype=np.int64)
+    flat = np.asarray(units.spike_times.data[:], dtype=np.float64)
+    ends = np.asarray(units.spike_times_index.data[:], dtype=np.int64)
+    check_spike_units(flat, t_end, where, units.name)
+    spikes = [np.sort(s) for s in np.split(flat, ends[:-1])] if len(ends) else []
+    obs = None
+    if "obs_intervals" in units.colnames:
+        iv = np.asarray(units.obs_intervals.data[:], dtype=np.float64).reshape(-1, 2)
+        iends = np.asarray(units.obs_intervals_index.data[:], dtype=np.int64)
+        obs = np.split(iv, iends[:-1]) if len(iends) else []
+    return unit_ids, spikes, obs
+
+
+def _raster_reader(series, where: str, dt: float):
+    """counts(tb) -> (int32 [len(tb), N] spikes per grid bin, bool [len(tb), N] covered) of a
+    raster ``TimeSeries`` [R, N]: each raster bin counts in the grid bin holding its start;
+    grid bins the raster does not cover are invalid. Refuses a raster coarser than the grid."""
+    rt = _times(series, where)
+    if len(rt) > 1 and (np.diff(rt) <= 0).any():
+        raise SessionError(f"{where}: raster times are not strictly increasing")
+    rdt = 1.0 / float(series.rate) if series.rate else float(np.median(np.diff(rt)))
+    if rdt > dt * (1 + 1e-6):
+        raise SessionError(f"{where}: raster bins of {rdt:.6g} s are coarser than the gaze "
+                           f"grid's {dt:.6g} s: spikes cannot be placed in its bins")
+    data, n = series.data, int(series.data.shape[1])
+    conversion = float(series.conversion or 1.0)
+
+    def counts(tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.searchsorted(rt, tb, "left")
+        hi = np.searchsorted(rt, tb + dt * (1 - 1e-9), "left")
+        r0, r1 = int(lo[0]), int(hi[-1])
+        block = np.asarray(data[r0:r1], dtype=np.float64).reshape(-1, n) * conversion
+        whole = np.rint(block)
+        if (np.abs(block - whole) > 1e-6).any() or (whole < 0).any():
+            raise SessionError(f"{where}: raster values are not non-negative whole counts")
+        cum = np.zeros((r1 - r0 + 1, n), np.int64)
+        np.cumsum(whole.astype(np.int64), axis=0, out=cum[1:])
+        robs = (cum[hi - r0] - cum[lo - r0]).astype(np.int32)
+        covered = (tb >= rt[0] - 1e-9 * dt) & (tb + dt <= rt[-1] + rdt + 1e-9 * dt)
+        return robs, np.repeat(covered[:, None], n, axis=1)
+
+    return counts, n, rdt
+
+
+def _plan(files: list[tuple[str, object]], where: str, opt: NwbOptions) -> SessionSource:
+    """The session's bin grid and everything small, and a reader of bins ``a .. b-1``.
+    ``files``: (path, NWBFile) of the session's files, the core first; every object is
+    looked for in the core first, then in its companions. Memory is estimated from declared
+    shapes (:mod:`polar_data.readers.budget`) and checked before data is read."""
     from pynwb.image import IndexSeries
 
-    gaze_path, eye = find_gaze(nwb, where, opt.gaze)
-    stim_path, series = find_stimulus(nwb, where, opt.stimulus)
+    labelled = [("" if k == 0 else _basename(f), nwb) for k, (f, nwb) in enumerate(files)]
+    nwb = files[0][1]
+    gaze_path, eye = _find_gaze(labelled, where, opt.gaze)
+    stim_path, series = _find_in_files(labelled, stimulus_candidates, where, opt.stimulus,
+                                       "stimulus (IndexSeries of Images, ImageSeries)",
+                                       "--nwb-stimulus")
+    trials_table = _first_of(labelled, lambda n: _table(n.trials))
+    units = _first_of(labelled, lambda n: _table(n.units))
+    truth_series = _first_of(labelled, _truth)
+    raster_path = raster = None
+    if opt.spikes is not None or units is None:
+        hit = _find_in_files(labelled, raster_candidates, where, opt.spikes,
+                             "spike raster (TimeSeries of counts [T, N])", "--nwb.spikes")
+        if hit is None:
+            raise MissingError(f"{where}: no Units table (spike times) and no spike-count "
+                               "raster (a TimeSeries [T, N] of counts) in the file")
+        raster_path, raster = hit
     info = _comments(series)
     screen = isinstance(series, IndexSeries)
     order = None
@@ -311,6 +685,36 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
             order = list(images.order_of_images.data)
         screen_hw = max(tuple(im.data.shape[:2]) for im in order)
     screen_ppd = info.get("screen_ppd", opt.screen_ppd)
+
+    est = Estimate(where, opt.max_memory_gb)  # from declared shapes: nothing read yet
+    est.gaze(f"{gaze_path}/data", eye.data)
+    for path, obj in ((gaze_path, eye), (stim_path, series), (raster_path, raster)):
+        if obj is not None and obj.timestamps is not None:
+            est.whole(f"{path}/timestamps", obj.timestamps, copies=1)
+        elif obj is not None:  # times made from starting_time + rate, one per row
+            est.add(f"{path} (times of {obj.data.shape[0]} rows)", held=obj.data.shape[0] * 16)
+    if trials_table is not None:
+        est.add(f"trials ({len(trials_table)} rows)", held=len(trials_table) * 48)
+    if screen:
+        est.whole(stim_path, series.data)
+        big = max(order, key=lambda im: math.prod(im.data.shape))
+        est.image(f"{stim_path} -> image {big.name}", big.data)
+        side = int(info.get("crop_px", opt.crop_px or 51))
+        est.add(f"{stim_path} (rendered crops of {side} x {side} px)", per_bin=side * side * 4)
+    else:
+        rows = series.data.shape[0] / max(1, eye.data.shape[0])
+        est.frames(stim_path, series.data, rows_per_bin=max(1.0, rows))
+    if raster is None:
+        n_units, n_spikes = len(units.id), len(units.spike_times.data)
+        est.units(f"Units table {units.name!r} ({n_units} units, {n_spikes} spike times)",
+                  n_units, held=n_spikes * 24 + n_units * 200)
+        if "obs_intervals" in units.colnames:
+            est.whole(f"Units table {units.name!r} obs_intervals", units.obs_intervals.data)
+    if truth_series is not None:
+        est.units(label("expected_counts", truth_series.data), truth_series.data.shape[1],
+                  per_unit_bin=truth_series.data.dtype.itemsize + 8)
+    est.budget().check(1)
+
     t_all = _times(eye, f"{where}: {gaze_path}")
     gaze_all = _gaze_degrees(eye, where, screen_ppd, screen_hw)
     if len(t_all) != len(gaze_all):
@@ -319,10 +723,10 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
 
     # trials -> bin trial ids; drop bins outside trials
     onsets = _times(series, f"{where}: {stim_path}") if screen else None
-    if nwb.trials is not None and len(nwb.trials) > 0:
-        starts = np.asarray(nwb.trials["start_time"][:], dtype=np.float64)
-        stops = np.asarray(nwb.trials["stop_time"][:], dtype=np.float64)
-        ids = np.asarray(nwb.trials.id[:], dtype=np.int64)
+    if trials_table is not None:
+        starts = np.asarray(trials_table["start_time"][:], dtype=np.float64)
+        stops = np.asarray(trials_table["stop_time"][:], dtype=np.float64)
+        ids = np.asarray(trials_table.id[:], dtype=np.int64)
     elif screen:
         warnings.warn(f"{where}: no trials table: one trial per stimulus presentation",
                       stacklevel=3)
@@ -334,8 +738,13 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
                       stacklevel=3)
         starts, stops = t_all[:1], t_all[-1:] + 1.0
         ids = np.zeros(1, dtype=np.int64)
-    by_start = np.argsort(starts, kind="stable")
-    starts, stops, ids = starts[by_start], stops[by_start], ids[by_start]
+    starts, stops, ids, notes = checked_trials(starts, stops, ids, t_all, where)
+    if notes:
+        warnings.warn(f"{where}: overlapping trials: {notes.get('trials_trimmed', 0)} start(s) "
+                      "moved to the stop of the earlier trial they overlap, "
+                      f"{notes.get('trials_dropped', 0)} trial(s) lying wholly inside an "
+                      f"earlier one dropped; {notes.get('overlap_bins', 0)} gaze samples "
+                      "claimed by two trials kept in the earlier one only", stacklevel=3)
     k = np.searchsorted(starts, t_all, side="right") - 1
     inside = (k >= 0) & (t_all < stops[np.clip(k, 0, None)])
     keep = np.flatnonzero(inside)
@@ -350,16 +759,23 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
     except ValueError as e:
         raise SessionError(f"{where}: {e}") from e
     dt = 1.0 / rate
+    t_end = float(t_all[-1]) + dt
 
-    # spikes: times are small, binned per chunk
-    if nwb.units is None or len(nwb.units) == 0:
-        raise SessionError(f"{where}: no Units table (spike times) in the file")
-    units = nwb.units
-    unit_ids = np.asarray(units.id[:], dtype=np.int64)
-    spikes = [np.sort(np.asarray(units.get_unit_spike_times(j), dtype=np.float64))
-              for j in range(len(unit_ids))]
-    obs = ([units.get_unit_obs_intervals(j) for j in range(len(unit_ids))]
-           if "obs_intervals" in units.colnames else None)
+    # spikes: read at the first chunk (after the budget's check), binned per chunk
+    if raster is not None:
+        counts, n_raster, rdt = _raster_reader(raster, f"{where}: {raster_path}", dt)
+        est.units(label(raster_path, raster.data), n_raster,
+                  per_unit_bin=dt / rdt * (raster.data.dtype.itemsize + 24) + UNIT_BIN_BYTES)
+    else:
+        est.units("per-bin counts", 0)
+    budget = est.budget()
+    budget.check(max(b - a for a, b in chunk_bounds(trial, 1)))  # a chunk is a whole trial
+    spike_cache: list = []
+
+    def unit_spikes():
+        if not spike_cache:
+            spike_cache.append(_read_units(units, where, t_end))
+        return spike_cache[0]
 
     # stimulus geometry and the frame (or image) behind every bin
     if screen:
@@ -399,13 +815,10 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
     if not math.isfinite(ppd) or ppd <= 0:
         raise SessionError(f"{where}: crop pixels per degree {ppd} is not positive")
 
-    truth = None
-    for module in ("misc", "ground_truth"):
-        if module in nwb.processing and "expected_counts" in nwb.processing[module].data_interfaces:
-            truth = nwb.processing[module]["expected_counts"].data
-            break
+    truth = None if truth_series is None else truth_series.data
     stim_type = str(nwb.stimulus_notes or "backimage")
     image_cache: dict[int, np.ndarray] = {}
+    _warn_unused(files, (eye, series, trials_table, units, raster, truth_series), where)
 
     def frames(a: int, b: int) -> np.ndarray:
         if not screen:
@@ -427,14 +840,22 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
                                     crop_px, crop_ppd, fill=fill)
         return out
 
-    def read(a: int, b: int) -> Session:
-        tb = t[a:b]
-        robs = np.empty((b - a, len(unit_ids)), dtype=np.int32)
-        unit_valid = None if obs is None else np.empty((b - a, len(unit_ids)), dtype=bool)
+    def spike_counts(tb: np.ndarray):
+        if raster is not None:
+            robs, unit_valid = counts(tb)
+            return np.arange(robs.shape[1], dtype=np.int64), robs, unit_valid
+        unit_ids, spikes, obs = unit_spikes()
+        robs = np.empty((len(tb), len(unit_ids)), dtype=np.int32)
+        unit_valid = None if obs is None else np.empty((len(tb), len(unit_ids)), dtype=bool)
         for j, st in enumerate(spikes):
             robs[:, j] = np.searchsorted(st, tb + dt, "left") - np.searchsorted(st, tb, "left")
             if obs is not None:
                 unit_valid[:, j] = bins_in_intervals(tb, dt, obs[j])
+        return unit_ids, robs, unit_valid
+
+    def read(a: int, b: int) -> Session:
+        tb = t[a:b]
+        unit_ids, robs, unit_valid = spike_counts(tb)
         true_rate = None
         if truth is not None:
             rows = keep[a:b]
@@ -447,8 +868,18 @@ def _plan(nwb, where: str, opt: NwbOptions) -> SessionSource:
             true_rate=true_rate, provenance=source.provenance)
         return session.validate()
 
-    source = SessionSource(name=name, rate_hz=rate, t=t, trial=trial, read=read)
+    source = SessionSource(name=name, rate_hz=rate, t=t, trial=trial, read=read,
+                           budget=budget, notes=notes)
     return source
+
+
+def _warn_unused(files, used, where: str) -> None:
+    """Warn about a companion file none of whose objects the session uses."""
+    roots = {id(_root(obj)) for obj in used if obj is not None}
+    for path, nwb in files[1:]:
+        if id(nwb) not in roots:
+            warnings.warn(f"{where}: companion file {path} was opened with it but nothing in it "
+                          "is used (the core file has everything)", stacklevel=4)
 
 
 def write_nwb(
