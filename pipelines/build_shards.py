@@ -20,12 +20,14 @@ Exit status: 0 on success, 1 if any session failed or verification found problem
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
 
 from polar_data.build import (
     BuildError,
+    check_output_folder,
     check_settings,
     demo_sources,
     finalize,
@@ -33,6 +35,7 @@ from polar_data.build import (
     resolve_sources,
     resolve_window_len,
     settings,
+    unowned_files,
     write_shards,
 )
 from polar_data.build_lock import BuildLocked, build_lock
@@ -100,6 +103,10 @@ def summary_table(results, elapsed: float) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'total':<16}{sum(r.n_units for r in results):>6}{tot_frames:>9}{wins}"
                  f"{tot_bytes / 1e6:>9.1f}{tot_in / 1e6 / max(elapsed, 1e-9):>8.1f}")
+    for r in results:  # what the reader repaired (e.g. overlapping trials trimmed)
+        if r.notes:
+            lines.append(f"{r.name or r.source}: " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in sorted(r.notes.items())))
     failed = [r for r in results if r.error]
     for r in failed:
         lines.append(f"FAILED {r.error}")  # the error names the source file
@@ -113,6 +120,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     progress = not a.no_progress
+    out = None
     try:
         cfg = override(load_data_config(a.config), overrides)
         if a.out is not None:
@@ -136,10 +144,18 @@ def main(argv=None) -> int:
                 print(f"VERIFY FAILED: {p}", file=sys.stderr)
             print(f"verify {out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
             return 1 if problems else 0
+        check_output_folder(out)  # before the lock file: a refused folder is left as it was
         with build_lock(out, a.stage, a.job_index, a.num_jobs):
             return build(a, cfg, out, progress)
     except (BuildError, BuildLocked, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if out is None or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        print(f"error: {out} is not writable ({e.strerror}: {e.filename}): a build needs "
+              "write access to its output folder; fix its permissions or give another "
+              "--out / store.out_dir", file=sys.stderr)
         return 2
 
 
@@ -153,11 +169,10 @@ def build(a, cfg, out: Path, progress: bool) -> int:
         need = required_window_len(load_model_config(a.model_config))
     window_len = resolve_window_len(cfg, need, str(a.model_config))
     patterns = a.sessions or cfg.sessions
-    if patterns:
-        sources = resolve_sources(patterns)
-    else:
+    sources = resolve_sources(patterns) if patterns else None
+    check_settings(out, settings(cfg, window_len))  # before anything is written there
+    if sources is None:
         sources = demo_sources(cfg, out, a.job_index, a.num_jobs, a.workers, progress)
-    check_settings(out, settings(cfg, window_len))
     t0 = time.perf_counter()
     if a.stage in ("all", "ingest"):
         results = ingest(sources, cfg, window_len, out, a.job_index, a.num_jobs,
@@ -177,6 +192,9 @@ def build(a, cfg, out: Path, progress: bool) -> int:
         print(f"manifest {out / 'manifest.json'}: window_len {window_len}, "
               f"{len(manifest['shards'])} shards, clips " +
               ", ".join(f"{s} {n[s]}" for s in SPLITS))
+        left = unowned_files(out, manifest)
+        if left:
+            print(f"left alone: {len(left)} files the build did not write (e.g. {left[0]})")
     return 0
 
 

@@ -26,8 +26,16 @@ Safety (see the README's "Safety" section):
 * a session's folder name comes from :func:`polar_data.safe_names.session_folder_name`, and
   every path is checked to lie inside the output folder before anything is deleted or written;
 * one writer per output folder (:mod:`polar_data.build_lock`);
+* the build owns only what it wrote: an existing non-empty folder that is not one of its
+  stores (no ``build.json``) is refused; inside a store only what the manifest or the
+  build's records (``parts/``) name is ever removed or replaced, anything else is left alone
+  (and counted once, :func:`unowned_files`);
+* rebuilds are atomic for readers: the manifest is withdrawn (renamed, see
+  :func:`polar_data.manifest.withdraw`) before the first file it names changes, and written
+  again only at the end of ``finalize``; a re-run that changes nothing leaves it in place;
 * any exception while ingesting a session is reported with the session's file, and the other
-  sessions complete;
+  sessions complete; so is a worker process that dies (e.g. killed by the out-of-memory
+  killer): only the session it held fails, a fresh process takes its place;
 * ``build.json`` records what changes the output (schema, window length, store and demo
   settings), not how the command was spelled; a different setting is refused.
 """
@@ -38,18 +46,30 @@ import glob
 import hashlib
 import json
 import multiprocessing as mp
+import queue
 import shutil
+import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .build_lock import LOCK_NAME
 from .checksum import default_threads, sha256_bytes, sha256_file
 from .data_config import DEFAULT_WINDOW_LEN, DataConfig
-from .manifest import MANIFEST, seal, write_json_atomic
+from .manifest import (
+    MANIFEST,
+    WITHDRAWN,
+    last_manifest,
+    seal,
+    seal_key,
+    withdraw,
+    write_json_atomic,
+)
 from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
 from .session_source import chunk_bounds
@@ -79,6 +99,7 @@ class SessionResult:
     n_clips: dict = field(default_factory=dict)
     bytes_written: int = 0
     seconds: float = 0.0
+    notes: dict = field(default_factory=dict)  # what the reader repaired, counted (trims)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -108,7 +129,16 @@ def resolve_window_len(cfg: DataConfig, model_need: int | None = None,
 
 def resolve_sources(patterns: list[str]) -> list[str]:
     """Expand paths / globs to a sorted list of session files; unknown patterns are errors.
-    URLs (``s3://bucket/x.nwb``) are kept as they are (NWB only)."""
+    URLs (``s3://bucket/x.nwb``) are kept as they are (NWB only).
+
+    A session split into files (``<stem>.nwb`` + ``<stem>_image.nwb`` / ``<stem>_behavior.nwb``,
+    as DANDI:000628 is) is one source, written as its core file's path ``<stem>.nwb``: the
+    reader finds the companions beside it, reads and hashes them with it
+    (:func:`polar_data.readers.nwb.session_files`). So a companion listed with its core is
+    dropped here; one listed without its core is refused when the core is beside it (give the
+    core), else kept as a session of its own (a file that happens to end in ``_image``)."""
+    from .readers.nwb import companion_core
+
     out = []
     for pat in patterns:
         pat = str(pat)
@@ -124,7 +154,22 @@ def resolve_sources(patterns: list[str]) -> list[str]:
     bad = [p for p in out if not p.endswith((".dset", ".nwb"))]
     if bad:
         raise BuildError(f"{bad[0]}: not a session file (.dset or .nwb)")
-    return sorted(set(out))
+
+    def key(p: str) -> str:
+        return p if "://" in p else str(Path(p).resolve())
+
+    given = {key(p) for p in out}
+    grouped = set()
+    for p in out:
+        core = companion_core(p)
+        if core is not None and key(core) in given:
+            continue  # read with its core file
+        if core is not None and "://" not in p and Path(core).is_file():
+            raise BuildError(f"{p}: a companion file of the session split into files whose "
+                             f"core file {core} is beside it but was not given: give {core} "
+                             "(its companions are read with it)")
+        grouped.add(p)
+    return sorted(grouped)
 
 
 def settings(cfg: DataConfig, window_len: int) -> dict:
@@ -136,12 +181,35 @@ def settings(cfg: DataConfig, window_len: int) -> dict:
         store.pop(key)
     nwb = to_dict(cfg.nwb)
     nwb.pop("storage_options")  # how to reach the files (credentials), not what they hold
+    nwb.pop("max_memory_gb")    # a budget of the machine building, not of the output
     return {"schema_version": SCHEMA_VERSION, "window_len": window_len, "store": store,
             "nwb": nwb, "demo": to_dict(cfg.demo) if not cfg.sessions else None}
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse to build into an existing folder that is not one of this code's stores: a
+    non-empty folder without ``build.json`` (lock files and a ``build.json`` being written by
+    another job of the same array do not count). Reads only, so a refused folder is left
+    exactly as it was."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"{out_dir} is a file, not a folder: give another --out / "
+                         "store.out_dir")
+    if not out_dir.is_dir() or (out_dir / "build.json").is_file():
+        return
+    other = sorted(p.name for p in out_dir.iterdir()
+                   if not p.name.startswith(LOCK_NAME) and p.name != "build.json.partial")
+    if other:
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise BuildError(f"{out_dir} exists and is not a store built by this code (no "
+                         f"build.json; it holds {shown}): refusing to build into it. Give a "
+                         "new or empty folder as --out / store.out_dir.")
+
+
 def check_settings(out_dir: Path, wanted: dict) -> None:
-    """Write ``build.json`` or refuse if the folder was built with other settings."""
+    """Write ``build.json`` or refuse if the folder was built with other settings (or is
+    not one of our stores, :func:`check_output_folder`)."""
+    check_output_folder(out_dir)
     path = out_dir / "build.json"
     if path.is_file():
         have = json.loads(path.read_text())
@@ -197,8 +265,13 @@ def demo_sources(cfg: DataConfig, out_dir: Path, job_index: int, num_jobs: int, 
     if todo:
         with _pool(workers) as pool:
             futures = [pool.submit(_demo_one, cfg, i, str(folder)) for i in todo]
-            for f in tqdm(futures, desc="generate demo sessions", disable=not progress):
-                f.result()
+            for i, f in tqdm(list(zip(todo, futures)), desc="generate demo sessions",
+                             disable=not progress):
+                try:
+                    f.result()
+                except WorkerDied as e:
+                    raise BuildError(f"{paths[i]}: {e} while generating it; re-run with "
+                                     "fewer --workers or more memory") from e
     return [str(p) for p in paths]
 
 
@@ -244,6 +317,7 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
         with open_session(src, trust_pickle=cfg.store.trust_pickle, nwb=cfg.nwb,
                           sha256=digest) as sess:
             name = session_folder_name(sess.name, src)
+            notes = dict(sess.notes)
             factor = resample_factor(sess.rate_hz, cfg.store.target_rate_hz, src)
             final = inside(out, out / "zarr" / name)
             # one temporary folder per source: sessions ingested side by side may share a
@@ -267,10 +341,15 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
             attrs = write_session_group(named(chunks), tmp, window_len, cfg.store,
                                         threads=threads, files=files)
         with _COMMIT:
+            withdraw(out)  # the store changes: no loader may take it for finished
             if final.exists():  # an older copy (changed source, or crash before the marker)
+                if not _ours(out, final):
+                    raise BuildError(f"{final} exists and was not written by this build (no "
+                                     "record names it); move it away or use another output "
+                                     "folder")
                 shutil.rmtree(final)
             tmp.replace(final)
-        res.name = name
+        res.name, res.notes = name, notes
         res.n_bins, res.n_units = attrs["n_bins"], attrs["n_units"]
         res.frame_bytes = int(attrs["pixel_stats"]["count"])
         res.n_windows, res.n_clips = attrs["n_windows"], attrs["n_clips"]
@@ -311,7 +390,11 @@ def ingest(sources: list[str], cfg: DataConfig, window_len: int, out_dir: Path,
                                disable=not progress):
                 try:
                     results.append(f.result())
-                except Exception as e:  # the worker process itself died
+                except WorkerDied as e:  # e.g. the out-of-memory killer
+                    results.append(SessionResult(source=str(src), error=(
+                        f"{src}: {e} while ingesting it; nothing of it was marked done. "
+                        "Re-run with fewer --workers or more memory (WorkerDied)")))
+                except Exception as e:
                     results.append(SessionResult(source=str(src),
                                                  error=f"{src}: {e} ({type(e).__name__})"))
         finally:
@@ -362,6 +445,7 @@ def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
     from .wds_shards import write_shard
 
     out = Path(out_dir)
+    withdraw(out)  # this shard changes: no loader may take the store for finished
     root = _open_sessions_root(out)
     entry = write_shard(root, names, out / "wds" / name, rows, window_len, threads=threads,
                         readers=readers)
@@ -389,9 +473,13 @@ def shard_plan(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: i
 
 
 def _shard_done(out_dir: Path, name: str, inputs: str) -> bool:
+    """Whether shard ``name`` is written from ``inputs``, with a record that lists its
+    samples in order (a record from before that list existed: the shard is written again)."""
     part = out_dir / "parts" / f"shard-{name}.json"
-    return ((out_dir / "wds" / name).is_file() and part.is_file()
-            and json.loads(part.read_text()).get("inputs") == inputs)
+    if not ((out_dir / "wds" / name).is_file() and part.is_file()):
+        return False
+    rec = json.loads(part.read_text())
+    return rec.get("inputs") == inputs and "samples" in rec
 
 
 def write_shards(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int,
@@ -420,30 +508,112 @@ def write_shards(out_dir: Path, sources: list[str], cfg: DataConfig, window_len:
         futures = [pool.submit(_shard_one, str(out_dir), n, rows, window_len, names, key,
                                _threads(workers))
                    for n, rows, key in todo]
-        for f in tqdm(futures, desc="write shards", disable=not progress):
-            entries.append(f.result())
+        for (n, _, _), f in tqdm(list(zip(todo, futures)), desc="write shards",
+                                 disable=not progress):
+            try:
+                entries.append(f.result())
+            except WorkerDied as e:
+                raise BuildError(f"{out_dir / 'wds' / n}: {e} while writing it; re-run with "
+                                 "fewer --workers or more memory") from e
     return entries
 
 
 # ----------------------------------------------------------------------------- finalize
 
 
+def _records(out_dir: Path, kind: str) -> list[dict]:
+    """The build's records in ``parts/`` of ``kind`` (``session`` or ``shard``)."""
+    out = []
+    for p in sorted((out_dir / "parts").glob(f"{kind}-*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _written_groups(out_dir: Path) -> set[str]:
+    """Session groups this build wrote: named by the last manifest (current or withdrawn) or
+    by an ingest record."""
+    names = set(last_manifest(out_dir).get("sessions", {}))
+    for rec in _records(out_dir, "session"):
+        if isinstance(rec.get("name"), str):
+            names.add(session_folder_name(rec["name"], out_dir / "parts"))
+    return names
+
+
+def _written_shards(out_dir: Path) -> set[str]:
+    """Shards this build wrote: named by the last manifest or by a shard record."""
+    names = {e.get("name") for e in last_manifest(out_dir).get("shards", [])}
+    names |= {rec.get("name") for rec in _records(out_dir, "shard")}
+    return {n for n in names if isinstance(n, str) and "/" not in n and n not in ("", "..")}
+
+
+def _ours(out_dir: Path, group: Path) -> bool:
+    """Whether the session group folder ``group`` was written by this build: named by its
+    records, or (a build killed between renaming the group into place and writing its
+    record) its own attributes say it is this code's group of that name."""
+    if group.name in _written_groups(out_dir):
+        return True
+    try:
+        attrs = json.loads((group / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (attrs.get("name") == group.name and attrs.get("conventions") == CONVENTIONS
+            and "source" in attrs)
+
+
 def _remove_stale(out_dir: Path, names: list[str], shard_names: set[str]) -> None:
-    """Delete session groups and shards that no current source produces (a source removed,
-    or renamed by a change in place), so the manifest lists exactly what is there."""
-    zdir = out_dir / "zarr"
-    for p in zdir.iterdir():
-        if p.is_dir() and p.name not in names:
-            shutil.rmtree(inside(out_dir, p))
-    for p in (out_dir / "wds").glob("*"):
-        if p.is_file() and p.name not in shard_names:
-            inside(out_dir, p).unlink()
-            (out_dir / "parts" / f"shard-{p.name}.json").unlink(missing_ok=True)
-    partial = out_dir / ".partial"
+    """Delete the session groups and shards this build wrote that no current source
+    produces (a source removed, or renamed by a change in place), so the manifest lists
+    exactly what is there; files the build did not write are left alone. The manifest is
+    withdrawn before anything is deleted."""
+    zdir, wdir = out_dir / "zarr", out_dir / "wds"
+    groups = [zdir / g for g in sorted(_written_groups(out_dir) - set(names))
+              if (zdir / g).is_dir()]
+    known = _written_shards(out_dir) | shard_names
+    shards = [wdir / n for n in sorted(known - shard_names) if (wdir / n).is_file()]
+    partials = [wdir / f"{n}.partial" for n in sorted(known) if (wdir / f"{n}.partial")
+                .is_file()]
+    if groups or shards or partials:
+        withdraw(out_dir)
+    for p in groups:
+        shutil.rmtree(inside(out_dir, p))
+    for p in shards + partials:
+        inside(out_dir, p).unlink()
+    for p in shards:
+        (out_dir / "parts" / f"shard-{p.name}.json").unlink(missing_ok=True)
+    partial = out_dir / ".partial"  # the build's scratch folder (sessions being ingested)
     if partial.exists():
         shutil.rmtree(partial)
-    for p in out_dir.glob(".build.lock.*"):  # array-job slots (finalize holds the folder alone)
+    for p in out_dir.glob(LOCK_NAME + ".*"):  # array-job slots (finalize holds the folder)
         p.unlink()
+
+
+# top-level entries of a store that are the build's own (``sessions/``: the demo's sources)
+_OWN_ENTRIES = {"build.json", MANIFEST, WITHDRAWN, "parts", ".partial", "zarr", "wds",
+                "sessions"}
+
+
+def unowned_files(out_dir: Path, manifest: dict) -> list[Path]:
+    """Files in the store ``out_dir`` that the build did not write and leaves alone: in
+    ``zarr/`` and ``wds/`` those the manifest does not name, beside them anything that is
+    not the build's own."""
+    out_dir = Path(out_dir)
+    zdir, listed = out_dir / "zarr", set(manifest.get("zarr_files", {}))
+    shards = {e["name"] for e in manifest.get("shards", [])}
+    found = [p for p in sorted(zdir.rglob("*"))
+             if p.is_file() and p.relative_to(zdir).as_posix() not in listed]
+    found += [p for p in sorted((out_dir / "wds").glob("*"))
+              if p.name not in shards and not p.name.endswith(".partial")]
+    for p in sorted(out_dir.iterdir()):
+        if p.name in _OWN_ENTRIES or p.name.startswith(LOCK_NAME) or p.name.endswith(
+                ".partial"):
+            continue
+        found += [p] if not p.is_dir() else [q for q in sorted(p.rglob("*")) if q.is_file()]
+    return found
 
 
 def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int) -> dict:
@@ -478,7 +648,9 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
         "pixel_stats": pixels,
     }
     root = open_root(out_dir / "zarr", mode="a")
-    root.attrs.put(root_attrs)
+    if dict(root.attrs) != json.loads(json.dumps(root_attrs)):
+        withdraw(out_dir)  # the root's metadata changes
+        root.attrs.put(root_attrs)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "conventions": CONVENTIONS,
@@ -490,24 +662,31 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
         "n_samples": {s: sum(e["n_samples"] for e in shards if e["split"] == s) for s in SPLITS},
         "zarr_files": _zarr_file_table(out_dir, sources),
     }
-    manifest = seal(manifest)
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    manifest = seal(manifest, seal_key())
+    path = out_dir / MANIFEST
+    if not path.is_file() or json.loads(path.read_text()) != manifest:
+        write_json_atomic(path, manifest)  # else unchanged: left in place for its readers
+    (out_dir / WITHDRAWN).unlink(missing_ok=True)
     return manifest
 
 
 def _zarr_file_table(out_dir: Path, sources: list[str]) -> dict[str, dict]:
-    """:func:`polar_data.manifest.file_table` of ``zarr/``, taking the sha256 of each frame
-    chunk file from its session's ingest record (hashed as it was written) while the file
-    still has the recorded size; every other file is read and hashed."""
+    """:func:`polar_data.manifest.file_table` of the store's own files in ``zarr/`` (the
+    root's metadata and the session groups of ``sources``; anything else there was not
+    written by the build), taking the sha256 of each frame chunk file from its session's
+    ingest record (hashed as it was written) while the file still has the recorded size;
+    every other file is read and hashed."""
     known: dict[str, dict] = {}
+    folder = out_dir / "zarr"
+    paths = [folder / "zarr.json"]
     for src in sources:
         rec = json.loads(_part_path(out_dir, src).read_text())
         name = session_folder_name(rec["name"], _part_path(out_dir, src))
         for rel, info in rec.get("files", {}).items():
             known[f"{name}/{rel}"] = info
-    folder = out_dir / "zarr"
+        paths += sorted((folder / name).rglob("*"))
     out = {}
-    for p in sorted(folder.rglob("*")):
+    for p in paths:
         if p.is_file():
             rel = p.relative_to(folder).as_posix()
             size = p.stat().st_size
@@ -530,6 +709,7 @@ def build_store(cfg: DataConfig, sources: list[str], window_len: int | None = No
 
     out = Path(cfg.store.out_dir)
     window_len = window_len or resolve_window_len(cfg)
+    check_output_folder(out)  # before the lock file: a refused folder is left as it was
     with build_lock(out, "all"):
         check_settings(out, settings(cfg, window_len))
         with _pool(workers) as pool:  # one pool (worker start-up) for both stages
@@ -546,13 +726,146 @@ def build_store(cfg: DataConfig, sources: list[str], window_len: int | None = No
 
 
 def _pool(workers: int, shared=None):
-    """A process pool (spawn: zarr's I/O threads do not survive fork), or an inline one;
-    ``shared``: an open pool to use instead (left open)."""
+    """A pool of worker processes (:class:`_WorkerPool`), or an inline one; ``shared``: an
+    open pool to use instead (left open)."""
     if shared is not None:
         return _Borrowed(shared)
     if workers <= 1:
         return _InlinePool()
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    return _WorkerPool(workers)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended before returning its task's result (killed, e.g. by the
+    out-of-memory killer, or crashed); the message says how it ended."""
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        oom = " (e.g. by the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{oom}"
+    return f"the worker process exited with status {exitcode} without a result"
+
+
+def _worker_main(conn) -> None:
+    """One worker process: run each ``(fn, args)`` received, send back ``(True, result)``
+    or ``(False, exception)``; stop on ``None`` or when the pool's end of the pipe closes."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            out = (True, fn(*args))
+        except Exception as e:
+            out = (False, e)
+        try:
+            conn.send(out)
+        except Exception as e:  # a result or exception that cannot be pickled
+            conn.send((False, RuntimeError(f"{type(e).__name__}: {e}")))
+
+
+class _WorkerPool:
+    """``workers`` processes (spawn: zarr's I/O threads do not survive fork), each running
+    one task at a time, each fed by one thread of this process. ``submit`` returns a
+    :class:`concurrent.futures.Future`. A process that dies (SIGKILL from the out-of-memory
+    killer, a crash) fails only the task it held, with :class:`WorkerDied` saying how it
+    ended; a fresh process takes its place for the next task and every other task runs as
+    if nothing happened (a ``ProcessPoolExecutor`` fails every pending task instead)."""
+
+    def __init__(self, workers: int):
+        self._ctx = mp.get_context("spawn")
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._procs: dict[int, mp.Process] = {}
+        self._threads = [threading.Thread(target=self._feed, args=(i,), daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:  # e.g. Ctrl-C: tasks not started are not run
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+            for p in list(self._procs.values()):
+                p.terminate()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+        return False
+
+    def _start(self, slot: int):
+        ours, theirs = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker_main, args=(theirs,), daemon=True)
+        proc.start()
+        theirs.close()
+        self._procs[slot] = proc
+        return proc, ours
+
+    def _feed(self, slot: int) -> None:
+        proc = conn = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                fut, fn, args = job
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if proc is None:
+                        proc, conn = self._start(slot)
+                    ok, value = self._run(proc, conn, fn, args)
+                except WorkerDied as e:
+                    conn.close()
+                    proc = conn = None
+                    fut.set_exception(e)
+                    continue
+                except BaseException as e:  # e.g. the arguments cannot be pickled
+                    fut.set_exception(e)
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        finally:
+            if conn is not None:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+                conn.close()
+                proc.join()
+
+    @staticmethod
+    def _run(proc, conn, fn, args):
+        """Send one task to ``proc`` and wait for its result or its end."""
+        try:
+            conn.send((fn, args))
+            wait([conn, proc.sentinel])
+            if conn.poll():  # a result sent just before the process ended still counts
+                return conn.recv()
+        except (EOFError, OSError):
+            pass
+        proc.join()
+        raise WorkerDied(_how_it_ended(proc.exitcode))
 
 
 def _threads(workers: int) -> int:

@@ -5,7 +5,8 @@ stages ``ingest`` and ``shards`` hold it shared (their jobs write disjoint files
 exclusive lock of their own job slot, so the same job run twice is refused too. A refused
 build fails at once with :class:`BuildLocked`, naming the holder (pid, host, start time).
 The lock is released by the kernel when the process ends, so a killed build never leaves a
-stale lock behind.
+stale lock behind. ``verify`` only reads: it takes the lock shared through a read-only
+descriptor, and skips it where no lock file exists, so a read-only store can be verified.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def _holders(out_dir: Path) -> str:
 
 
 @contextmanager
-def _flock(path: Path, exclusive: bool, what: str, out_dir: Path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _flock(path: Path, exclusive: bool, what: str, out_dir: Path, fd: int | None = None):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if fd is None else fd
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -65,8 +66,14 @@ def build_lock(out_dir: Path, stage: str, job_index: int = 0, num_jobs: int = 1)
     """Hold ``out_dir`` for ``stage`` (``all``, ``ingest``, ``shards``, ``finalize`` or
     ``verify``) of job ``job_index`` of ``num_jobs``; raises BuildLocked if it is taken."""
     out_dir = Path(out_dir)
-    if stage == "verify" and not os.access(out_dir, os.W_OK):
-        yield  # a missing or read-only store: nothing can be building into it here
+    if stage == "verify":
+        try:
+            fd = os.open(out_dir / LOCK_NAME, os.O_RDONLY)
+        except OSError:  # no lock file: nothing has ever built here (or it cannot be read)
+            yield
+            return
+        with _flock(out_dir / LOCK_NAME, False, "--verify", out_dir, fd):
+            yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     what = f"--stage {stage} job {job_index}/{num_jobs}"

@@ -11,6 +11,8 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 
+from .schema import StoreError
+
 
 class ChunkFiles:
     """Rows ``a .. b-1`` of an array of a session group read from its chunk files directly
@@ -19,10 +21,14 @@ class ChunkFiles:
     :func:`polar_data.zarr_store.write_session_group` writes on a local disk: chunked along
     the first axis only, ``bytes`` (little-endian) +
     ``zstd`` codecs, default chunk keys; :meth:`of` returns None for anything else (read
-    through Zarr then). A missing chunk file reads as the fill value, as in Zarr."""
+    through Zarr then). A missing chunk file reads as the fill value, as in Zarr (Zarr stores
+    no chunk that is all fill value), unless ``listed`` (the manifest's ``zarr_files``:
+    paths below the store's root) names it: then it was deleted after the store was built,
+    and reading it raises StoreError naming the file."""
 
-    def __init__(self, folder: Path, metadata):
+    def __init__(self, folder: Path, metadata, listed=None, prefix: str = ""):
         self.folder, self.meta = folder, metadata
+        self.listed, self.prefix = listed, prefix
         self.rows = int(metadata.chunk_grid.chunk_shape[0])
         self.row_shape = tuple(int(x) for x in metadata.shape[1:])
         self.n_rows = int(metadata.shape[0])
@@ -31,7 +37,7 @@ class ChunkFiles:
         self.codec = numcodecs.Zstd()
 
     @classmethod
-    def of(cls, array) -> ChunkFiles | None:
+    def of(cls, array, listed=None) -> ChunkFiles | None:
         from zarr.codecs import BytesCodec, ZstdCodec
         from zarr.core.chunk_grids import RegularChunkGrid
         from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
@@ -45,15 +51,20 @@ class ChunkFiles:
               and len(meta.codecs) == 2 and isinstance(meta.codecs[0], BytesCodec)
               and str(getattr(meta.codecs[0].endian, "value", "little")) == "little"
               and isinstance(meta.codecs[1], ZstdCodec))
-        return cls(Path(array.store.root) / array.path, meta) if ok else None
+        return (cls(Path(array.store.root) / array.path, meta, listed, array.path) if ok
+                else None)
 
     def chunk_bytes(self, k: int) -> bytes | None:
         """The stored (zstd-compressed) bytes of chunk ``k`` (rows ``k * rows ..``), a
         standalone zstd frame; None when no file is stored (all fill value)."""
-        zeros = (0,) * len(self.row_shape)
+        key = self.meta.encode_chunk_key((k, *(0,) * len(self.row_shape)))
         try:
-            return (self.folder / self.meta.encode_chunk_key((k, *zeros))).read_bytes()
+            return (self.folder / key).read_bytes()
         except FileNotFoundError:
+            if self.listed is not None and f"{self.prefix}/{key}" in self.listed:
+                raise StoreError(f"{self.folder / key}: chunk file missing, but the manifest "
+                                 "lists it (deleted after the store was built?); rebuild the "
+                                 "store or run build_shards.py --verify") from None
             return None
 
     def __call__(self, a: int, b: int) -> np.ndarray:

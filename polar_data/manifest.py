@@ -4,13 +4,23 @@ The manifest lists every file of the Zarr store (bytes, sha256), every WebDatase
 (samples with their sha256, owned targets, sessions, bytes, sha256), per-session summaries
 (source file and its sha256, shapes, counts, pixel statistics, mean rates) and the store-wide
 figures the loaders rely on. It carries its own checksum (``manifest_sha256``): an edited
-manifest is refused on load. ``verify`` re-reads everything, recomputes every figure from the
-data, and returns a list of problems, each naming the file.
+manifest is refused on load; with ``POLAR_SEAL_KEY`` set when building, it also carries an
+HMAC-SHA256 of itself under that key (``seal_hmac``), checked on load whenever the key is set,
+so that an edited and re-sealed manifest is refused too. ``verify`` re-reads everything,
+recomputes every figure from the data, compares every shard sample with the Zarr group's
+rows, and returns a list of problems, each naming the file.
+
+A rebuild withdraws the manifest (:func:`withdraw`, an atomic rename) before it changes any
+file the manifest names, so a store whose build is under way or was interrupted has no
+manifest and every loader refuses it with a message saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 from pathlib import Path
 
 import fsspec
@@ -20,7 +30,12 @@ from .checksum import sha256_bytes, sha256_file
 from .schema import SPLITS, StoreError, check_schema
 
 MANIFEST = "manifest.json"
+WITHDRAWN = MANIFEST + ".withdrawn"  # the old manifest while a rebuild changes its files
 SEAL = "manifest_sha256"
+HMAC_FIELD = "seal_hmac"
+SEAL_KEY_ENV = "POLAR_SEAL_KEY"  # the key of the keyed seal (build and load time)
+NOT_FINISHED = ("this store is being (re)built or its build was interrupted: run the build "
+                "again (pipelines/build_shards.py with the same arguments)")
 
 # dtype of every per-bin array of a session group (zarr_store.write_session_group)
 ARRAY_DTYPES = {"stim": "uint8", "eyepos": "float32", "eye_valid": "bool", "trial": "int64",
@@ -34,14 +49,55 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _canonical(manifest: dict, *without: str) -> bytes:
+    body = {k: v for k, v in manifest.items() if k not in without}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _digest(manifest: dict) -> str:
+    return sha256_bytes(_canonical(manifest, SEAL))
+
+
+def _hmac(manifest: dict, key: str) -> str:
+    """HMAC-SHA256 under ``key`` of the manifest's canonical JSON without either seal."""
+    return hmac.new(key.encode(), _canonical(manifest, SEAL, HMAC_FIELD),
+                    hashlib.sha256).hexdigest()
+
+
+def seal_key() -> str | None:
+    """The keyed seal's key, from the environment variable ``POLAR_SEAL_KEY`` (None: unset)."""
+    return os.environ.get(SEAL_KEY_ENV) or None
+
+
+def seal(manifest: dict, key: str | None = None) -> dict:
+    """``manifest`` plus its own checksum (sha256 of its canonical JSON without the seal);
+    with ``key``, first its HMAC-SHA256 under that key (``seal_hmac``)."""
     body = {k: v for k, v in manifest.items() if k != SEAL}
-    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    if key:
+        body[HMAC_FIELD] = _hmac(body, key)
+    return {**body, SEAL: _digest(body)}
 
 
-def seal(manifest: dict) -> dict:
-    """``manifest`` plus its own checksum (sha256 of its canonical JSON without the seal)."""
-    return {**manifest, SEAL: _digest(manifest)}
+def withdraw(out_dir: Path) -> None:
+    """Rename ``manifest.json`` to ``manifest.json.withdrawn`` (atomic), so that no loader
+    takes the store for finished while a rebuild changes the files the manifest names."""
+    try:
+        (Path(out_dir) / MANIFEST).replace(Path(out_dir) / WITHDRAWN)
+    except FileNotFoundError:
+        pass
+
+
+def last_manifest(out_dir: Path) -> dict:
+    """The last manifest written in ``out_dir`` (current or withdrawn), unchecked, for the
+    build's record of what it wrote; {} when there is none or it cannot be read."""
+    for name in (MANIFEST, WITHDRAWN):
+        try:
+            m = json.loads((Path(out_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict):
+            return m
+    return {}
 
 
 def file_table(folder: Path) -> dict[str, dict]:
@@ -62,8 +118,7 @@ def load_manifest(base: str | Path, storage_options: dict | None = None) -> dict
         with fsspec.open(url, "rb", **(storage_options or {})) as f:
             manifest = json.loads(f.read())
     except FileNotFoundError as e:
-        raise StoreError(f"{url}: manifest missing; the build did not finish (re-run "
-                         "pipelines/build_shards.py with the same arguments)") from e
+        raise StoreError(f"{url}: manifest missing: {NOT_FINISHED}") from e
     except ValueError as e:
         raise StoreError(f"{url}: manifest is not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
@@ -72,7 +127,23 @@ def load_manifest(base: str | Path, storage_options: dict | None = None) -> dict
     if manifest.get(SEAL) != _digest(manifest):
         raise StoreError(f"{url}: the manifest's checksum does not match its contents (edited "
                          "or corrupted); rebuild, or re-run the build to rewrite it")
+    _check_keyed_seal(manifest, url, seal_key())
     return manifest
+
+
+def _check_keyed_seal(manifest: dict, url: str, key: str | None) -> None:
+    """With a key (``POLAR_SEAL_KEY`` set), the manifest must carry its HMAC under that key."""
+    if not key:
+        return
+    have = manifest.get(HMAC_FIELD)
+    if not isinstance(have, str):
+        raise StoreError(f"{url}: no {HMAC_FIELD} although {SEAL_KEY_ENV} is set (the store "
+                         f"was built without the key); rebuild it with {SEAL_KEY_ENV} set, or "
+                         "unset it to accept unkeyed stores")
+    if not hmac.compare_digest(have, _hmac(manifest, key)):
+        raise StoreError(f"{url}: {HMAC_FIELD} does not match under {SEAL_KEY_ENV} (the "
+                         "manifest was edited by someone without the key, or built with "
+                         "another key); rebuild the store")
 
 
 def check_chunk_files(zarr_dir: Path, table: dict[str, dict], full_hash: bool = False) -> None:
@@ -116,6 +187,9 @@ def verify(out_dir: str | Path, progress: bool = False, check_sources: bool = Tr
     listed = manifest["zarr_files"]
     present = {p.relative_to(zdir).as_posix() for p in zdir.rglob("*") if p.is_file()}
     for rel in sorted(present - set(listed)):
+        if not _in_store_groups(rel, manifest):
+            continue  # beside the store's groups: not read by any loader, left alone
+
         problems.append(f"{zdir / rel}: file not in the manifest")
     for rel, info in tqdm(sorted(listed.items()), desc="verify zarr files", disable=not progress):
         p = zdir / rel
@@ -135,6 +209,15 @@ def verify(out_dir: str | Path, progress: bool = False, check_sources: bool = Tr
     if check_sources:
         problems += _verify_sources(manifest)
     return problems
+
+
+def _in_store_groups(rel: str, manifest: dict) -> bool:
+    """Whether ``rel`` (a path below ``zarr/``) is the root's metadata or lies in one of the
+    manifest's session groups: the files Zarr reads when a loader opens the store. A file
+    there that the manifest does not list is a problem (e.g. a chunk Zarr would read instead
+    of the fill value); anything else was not written by the build and is left alone."""
+    head = rel.split("/", 1)[0]
+    return rel == "zarr.json" or ("/" in rel and head in manifest["sessions"])
 
 
 def _differs(where: str, what: str, have, want) -> list[str]:
@@ -172,7 +255,8 @@ def _verify_figures(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
     problems += _differs(str(zdir), "window_len (root attribute)", ra.get("window_len"), W)
     problems += _differs(str(zdir), "clip_len (root attribute)", ra.get("clip_len"),
                          manifest["clip_len"])
-    problems += _differs(str(zdir), "session list", sorted(root.group_keys()),
+    groups = set(root.group_keys())
+    problems += _differs(str(zdir), "session list", sorted(groups & set(manifest["sessions"])),
                          sorted(manifest["sessions"]))
     totals = [0, 0, 0]
     for name, summ in tqdm(sorted(manifest["sessions"].items()), desc="verify figures",
@@ -244,6 +328,7 @@ def _verify_shards(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
 
     problems = []
     wdir = out_dir / "wds"
+    readers = _GroupReaders(out_dir / "zarr")
     for entry in tqdm(manifest["shards"], desc="verify shards", disable=not progress):
         p = wdir / entry["name"]
         if not p.is_file():
@@ -256,7 +341,7 @@ def _verify_shards(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
             problems.append(f"{p}: sha256 mismatch (corrupted)")
             continue
         try:
-            problems += _check_shard_figures(p, entry, manifest)
+            problems += _check_shard_figures(p, entry, manifest, readers)
         except StoreError as e:
             problems.append(str(e))
     for split in SPLITS:
@@ -269,7 +354,53 @@ def _verify_shards(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
     return problems
 
 
-def _check_shard_figures(path: Path, entry: dict, manifest: dict) -> list[str]:
+class _GroupReaders:
+    """The Zarr store's session groups, each opened once (:class:`~polar_data.wds_shards.
+    GroupReader`), for comparing shard samples with the rows they were cut from."""
+
+    def __init__(self, zarr_dir: Path):
+        self.zarr_dir, self.root, self.groups = zarr_dir, None, {}
+
+    def __getitem__(self, name: str):
+        from .wds_shards import GroupReader
+        from .zarr_store import open_store
+
+        if name not in self.groups:
+            try:  # a damaged store is reported by the checks of its files and figures
+                if self.root is None:
+                    self.root = open_store(self.zarr_dir)
+                self.groups[name] = GroupReader(self.root[name])
+            except Exception:
+                self.groups[name] = None
+        return self.groups[name]
+
+
+def _differs_from_zarr(path: Path, key: str, clip: dict, g) -> list[str]:
+    """The members of one decoded sample that differ from the Zarr rows it was cut from
+    (exact, NaN equal to NaN): a sample edited together with its sha256 in the manifest."""
+    meta = clip["meta"]
+    start, n = int(meta["start"]), int(meta["n_targets"])
+    a, b = start - (int(meta["window_len"]) - 1), start + n
+    rows = {"stim": (a, b), "eyepos": (a, b), "t": (a, b), "robs": (start, b),
+            "dfs": (start, b)}
+    if "true_rate" in clip:
+        rows["true_rate"] = (start, b)
+    bad = []
+    for member, (lo, hi) in rows.items():
+        want = g.read(member, lo, hi) if lo >= 0 else None
+        have = clip[member]
+        if want is None or want.shape != have.shape or not np.array_equal(
+                have, want, equal_nan=have.dtype.kind == "f"):
+            bad.append(member)
+    return [] if not bad else [
+        f"{path}: sample {key!r}: {', '.join(bad)} differ(s) from the Zarr group "
+        f"{meta['session']!r} (rows {a}..{b - 1}): the shard or the group was edited"]
+
+
+def _check_shard_figures(path: Path, entry: dict, manifest: dict,
+                         readers: _GroupReaders | None = None) -> list[str]:
+    """Each sample's hash, then its key in the manifest's order, its figures and (with
+    ``readers``) its arrays against the Zarr group's rows."""
     import webdataset as wds
 
     from .wds_shards import decode_clip, sample_digest
@@ -277,6 +408,7 @@ def _check_shard_figures(path: Path, entry: dict, manifest: dict) -> list[str]:
     problems = []
     n = targets = 0
     sessions: dict[str, int] = {}
+    order = entry.get("samples")
     try:
         files = wds.tariterators.tar_file_expander([{"url": str(path), "stream":
                                                     open(path, "rb")}],
@@ -286,8 +418,14 @@ def _check_shard_figures(path: Path, entry: dict, manifest: dict) -> list[str]:
             if entry["sample_sha256"].get(key) != sample_digest(raw):
                 problems.append(f"{path}: sample {key!r} does not match its sha256")
                 continue
+            if order is not None and (n >= len(order) or order[n] != key):
+                problems.append(f"{path}: sample {n} is {key!r}, the manifest lists "
+                                f"{order[n] if n < len(order) else 'no more samples'!r}")
             c = decode_clip(raw)
             meta = c["meta"]
+            group = readers[meta["session"]] if readers is not None else None
+            if group is not None and meta["session"] in manifest["sessions"]:
+                problems += _differs_from_zarr(path, key, c, group)
             n += 1
             targets += meta["n_targets"]
             sessions[meta["session"]] = sessions.get(meta["session"], 0) + 1

@@ -15,6 +15,9 @@ from pathlib import Path
 MAX_NAME_LEN = 64
 _ALLOWED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _BAD_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+# names a Zarr store gives its own metadata files (v3 and v2, any case: some file systems
+# ignore case): a session folder of that name would replace or shadow the store's metadata
+RESERVED = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 
 
 class UnsafeNameError(ValueError):
@@ -25,14 +28,16 @@ def session_folder_name(text: str, source: str | Path) -> str:
     """A safe folder name for the session named ``text`` in file ``source``.
 
     Safe names (letters, digits and ``._-``, not starting with ``.``, ``_`` or ``-``, at most
-    64 characters) are kept as they are. Anything else is mapped: accents are dropped, every
+    64 characters, not one of Zarr's own metadata file names :data:`RESERVED`) are kept as
+    they are. Anything else is mapped: accents are dropped, every
     run of other characters becomes ``_``, leading ``._-`` are stripped, and the result gets
     ``-`` plus 8 hex digits of the original's sha1 so that two different originals never map
     to the same name. Text with no letter or digit at all (``""``, ``".."``, ``"/"``) raises
     :class:`UnsafeNameError` naming ``source``.
     """
     text = str(text)
-    if len(text) <= MAX_NAME_LEN and _ALLOWED.fullmatch(text) and ".." not in text:
+    if (len(text) <= MAX_NAME_LEN and _ALLOWED.fullmatch(text) and ".." not in text
+            and text.lower() not in RESERVED):
         return text
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     core = _BAD_RUN.sub("_", ascii_text.replace("..", "_")).lstrip("._-")

@@ -3,9 +3,12 @@ fsspec URL), so a loader or a model can be set up without touching the data."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from .manifest import load_manifest
+from .manifest import MANIFEST, SEAL, load_manifest
 from .schema import SPLITS, StoreError
 
 
@@ -35,6 +38,7 @@ class StoreInfo:
     n_targets: dict                     # split -> clip targets owned over all shards
 
     zarr_files: dict                    # relative path -> {bytes, sha256} of the Zarr store
+    seal: str = ""                      # the manifest's own checksum: which build this is
 
     @classmethod
     def load(cls, base: str, storage_options: dict | None = None) -> StoreInfo:
@@ -69,9 +73,44 @@ class StoreInfo:
             n_targets={sp: sum(e["n_targets"] for e in shards if e["split"] == sp)
                        for sp in SPLITS},
             zarr_files=manifest["zarr_files"],
+            seal=str(manifest.get(SEAL, "")),
         )
 
     def shard_urls(self, split: str) -> list[tuple[str, dict]]:
         """(URL, manifest entry) of every shard of ``split``, in manifest order."""
         return [(join(join(self.base, "wds"), e["name"]), e) for e in self.shards
                 if e["split"] == split]
+
+
+class StoreWatch:
+    """Notices that a local store changed under a reader: :meth:`check` takes one ``stat``
+    of ``manifest.json`` and, only when that file is not the one it saw last (another inode,
+    time or size), re-reads it and compares its seal with the one the reader opened. A
+    rebuild withdraws the manifest before it changes any file and writes a new one at the
+    end, so a check made after a read sees any change that read could have seen. Raises
+    StoreError naming the store."""
+
+    def __init__(self, base: str, seal: str):
+        self.path, self.seal, self._seen = Path(base) / MANIFEST, seal, None
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._changed("its manifest was withdrawn: a rebuild is under way or was "
+                                "interrupted") from None
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._seen:
+            return
+        try:
+            seal = json.loads(self.path.read_bytes()).get(SEAL)
+        except (OSError, ValueError, AttributeError):
+            seal = None
+        if seal != self.seal:
+            raise self._changed("it was rebuilt: its manifest is another one now")
+        self._seen = seen
+
+    def _changed(self, why: str) -> StoreError:
+        return StoreError(f"{self.path.parent}: the store changed while reading ({why}); what "
+                          "was read may mix two builds. Start again once its build has "
+                          "finished.")

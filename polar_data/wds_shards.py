@@ -294,7 +294,9 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
                 readers: dict | None = None) -> dict:
     """Write one shard (under a temporary name, renamed when complete). Returns its entry
     for the manifest: name, samples, owned targets, per-session sample counts, and the
-    shard's bytes and sha256 (hashed as it is written).
+    shard's bytes and sha256 (hashed as it is written). ``samples`` lists the sample keys in
+    the order the shard holds them (``sample_sha256``, a JSON object, is stored sorted), so a
+    loader can check a shard's sample list, order included.
 
     Clips are read and compressed by ``threads`` threads (default: one per core; zstd and
     Zarr's decoding release the GIL) and written in ``rows`` order, so the file is the
@@ -327,7 +329,8 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
     part.replace(shard_path)
     return {"name": shard_path.name, "split": split, "n_samples": int(len(rows)),
             "n_targets": owned, "sessions": dict(sorted(per_session.items())),
-            "sample_sha256": digests, "bytes": out.nbytes, "sha256": out.hexdigest()}
+            "samples": list(digests), "sample_sha256": digests, "bytes": out.nbytes,
+            "sha256": out.hexdigest()}
 
 
 def count_tar_samples(path: Path) -> int:

@@ -43,11 +43,14 @@ from .wds_shards import decode_clip, sample_digest
 def checked_samples(raw_samples: Iterator[dict], url: str, entry: dict,
                     verify: bool = True) -> Iterator[dict]:
     """Pass on each raw sample of shard ``url`` only after its bytes match the manifest's
-    ``sample_sha256`` (:func:`polar_data.wds_shards.sample_digest`); at the end, check that
-    the shard held exactly the manifest's samples. Raises StoreError naming shard and sample,
-    so nothing unverified ever reaches a batch."""
+    ``sample_sha256`` (:func:`polar_data.wds_shards.sample_digest`) and its key is the next
+    one of the manifest's sample list (``samples``, in shard order; a store without it: no
+    key twice); at the end, check that the shard held exactly the manifest's samples. Raises
+    StoreError naming shard and sample, so nothing unverified ever reaches a batch and no
+    sample is duplicated, dropped or moved."""
     expected = entry.get("sample_sha256") or {}
-    seen = 0
+    order = entry.get("samples")
+    seen, keys = 0, set()
     for raw in raw_samples:
         key = raw.get("__key__")
         if verify:
@@ -56,6 +59,13 @@ def checked_samples(raw_samples: Iterator[dict], url: str, entry: dict,
             if sample_digest(raw) != expected[key]:
                 raise StoreError(f"{url}: sample {key!r} does not match its sha256 in the "
                                  "manifest (corrupt shard)")
+            if key in keys:
+                raise StoreError(f"{url}: sample {key!r} appears twice (corrupt shard)")
+            if order is not None and (seen >= len(order) or order[seen] != key):
+                raise StoreError(f"{url}: sample {key!r} at position {seen}, the manifest "
+                                 "lists another sample there (samples reordered, dropped or "
+                                 "added: corrupt shard)")
+            keys.add(key)
         seen += 1
         yield raw
     if verify and seen != entry["n_samples"]:

@@ -23,7 +23,7 @@ from .batches import Batch, collate, pad_clip, sample
 from .chunk_files import ChunkFiles
 from .manifest import check_chunk_files
 from .schema import SPLITS
-from .store_info import StoreInfo
+from .store_info import StoreInfo, StoreWatch
 from .wds_stream import dist_rank_world
 from .zarr_store import open_store
 
@@ -38,19 +38,23 @@ class ChunkCache:
     beyond ``max_mb``. Neighbouring windows and the batches of one pooled block share chunks,
     so each is decoded about once per epoch instead of once per batch. Chunks are read from
     their files directly where the layout allows (:class:`~polar_data.chunk_files.
-    ChunkFiles`: a third of the time of a read through Zarr), else through Zarr."""
+    ChunkFiles`: a third of the time of a read through Zarr), else through Zarr.
 
-    def __init__(self, max_mb: float = 64.0):
+    ``listed``: the manifest's file table (a listed chunk file that is missing is an error,
+    not fill values)."""
+
+    def __init__(self, max_mb: float = 64.0, listed: dict | None = None):
         self.max_bytes, self.bytes = int(max_mb * 1e6), 0
         self.chunks: OrderedDict = OrderedDict()
         self.files: dict = {}  # key -> ChunkFiles, or False: read through Zarr
+        self.listed = listed
 
     def rows(self, array, key, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo .. hi-1`` of ``array`` (a zarr array chunked along axis 0). An array of
         at most 1/8 of the budget (gaze, counts, masks of a session) is read whole, once."""
         files = self.files.get(key)
         if files is None:
-            files = self.files[key] = ChunkFiles.of(array) or False
+            files = self.files[key] = ChunkFiles.of(array, self.listed) or False
         small = array.nbytes <= self.max_bytes // 8
         cb = array.shape[0] if small else array.chunks[0]
         first, last = lo // cb, (hi - 1) // cb
@@ -78,7 +82,11 @@ class ZarrWindows(Dataset):
     Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a clip's first
     target bin (clip mode also keeps the clip's number of targets). On construction every
     file of the store is checked to exist with its manifest size (``verify_chunks``: and its
-    sha256); a missing or truncated chunk raises StoreError naming array and chunk.
+    sha256); a missing or truncated chunk raises StoreError naming array and chunk. After
+    that, each batch, once read (or when its reading fails), checks that the store is still
+    the build that was opened (:class:`~polar_data.store_info.StoreWatch`: one ``stat`` per
+    batch, and every read of the batch happened before it), and a listed chunk file gone
+    missing is not read as fill values: either raises StoreError naming the store or file.
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str = "window",
@@ -106,6 +114,8 @@ class ZarrWindows(Dataset):
         self.n_targets = np.concatenate(n_targets) if n_targets else None
         self.chunk_bins = int(root[info.sessions[0]]["stim"].chunks[0])
         self.cache_mb = cache_mb
+        self.watch = StoreWatch(info.base, info.seal)
+        self.watch.check()  # the index above was read from the build ``info`` describes
         self._groups = self._cache = None  # opened lazily in each worker
 
     def _root(self):
@@ -124,7 +134,7 @@ class ZarrWindows(Dataset):
             if self.info.has_true_rate:
                 names.append("true_rate")
             self._groups = [{k: root[n][k] for k in names} for n in self.info.sessions]
-            self._cache = ChunkCache(self.cache_mb)
+            self._cache = ChunkCache(self.cache_mb, self.info.zarr_files)
         return self._groups[s]
 
     def _rows(self, s: int, name: str, lo: int, hi: int) -> np.ndarray:
@@ -138,7 +148,17 @@ class ZarrWindows(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> Batch:
-        """One batch (see :mod:`polar_data.batches`); all indices must share a session."""
+        """One batch (see :mod:`polar_data.batches`); all indices must share a session.
+        Raises StoreError if the store changed while it was read (see the class)."""
+        try:
+            batch = self._batch(indices)
+        except Exception:
+            self.watch.check()  # a failure caused by a rebuild is reported as such
+            raise
+        self.watch.check()
+        return batch
+
+    def _batch(self, indices: list[int]) -> Batch:
         idx = np.asarray(indices)
         sess = np.unique(self.index[idx, 0])
         if len(sess) != 1:

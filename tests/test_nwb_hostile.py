@@ -300,3 +300,11 @@ def test_overlapping_trials_are_trimmed_counted_and_warned(tmp_path):
     assert notes == {"trials_dropped": 1, "overlap_bins": 4}
     assert n_bins == 60 and (trial[:40] == 0).all()
     assert any("1 trial(s) lying wholly inside" in str(x.message) for x in w)
+
+
+def test_the_build_summary_counts_what_the_reader_trimmed(tmp_path, capsys):
+    path = _nwb(tmp_path / "s.nwb")
+    _set_trials(path, start={1: 12.5 / 240})  # trial 1 starts 7 bins before trial 0 ends
+    assert build_tiny(tmp_path, [path], tmp_path / "out", window_len=4, clip_len=8) == 0
+    out = capsys.readouterr().out
+    assert "overlap bins 7, trials trimmed 1" in out, out
