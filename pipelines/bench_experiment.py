@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from polar_data.typed_yaml import read_mapping
 from polar_model.training.runs import final_validation as final_val
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main
@@ -82,13 +83,13 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "runs/experiment")
     p.add_argument("--out", type=Path, default=ROOT / "reports/experiment")
     a = p.parse_args(argv)
-    base_tc = yaml.safe_load(a.train.read_text())
+    base_tc = read_mapping(a.train)
     a.out.mkdir(parents=True, exist_ok=True)
     rows, curves = {}, {}
     for name in a.configs:
         model_yaml = ROOT / f"configs/model/{name}.yaml"
         own = ROOT / f"configs/train/{name}.yaml"  # a config's own tuned settings, if any
-        tc0 = yaml.safe_load(own.read_text()) if own.is_file() else base_tc
+        tc0 = read_mapping(own) if own.is_file() else base_tc
         lr = a.lr if a.lr is not None else float(tc0["lr"])
         rows[name], curves[name] = [], []
         for seed in a.seeds:

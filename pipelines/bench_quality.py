@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from polar_data.typed_yaml import read_mapping
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, default=ROOT / "runs/quality")
     p.add_argument("--out", type=Path, default=ROOT / "reports/quality")
     a = p.parse_args(argv)
-    tc = yaml.safe_load(a.train.read_text())
+    tc = read_mapping(a.train)
     tc["val_every_steps"] = a.val_every
     rows = curve(a.run)
     if not rows or int(rows[-1]["step"]) < tc["max_steps"] - 1:

@@ -122,17 +122,17 @@ def main(argv=None) -> int:
     progress = not a.no_progress
     out = None
     try:
+        for key in ("screen_ppd", "crop_deg", "crop_px"):  # short for --nwb.<key>, checked
+            if getattr(a, key) is not None:
+                overrides.append((f"nwb.{key}", str(getattr(a, key))))
         cfg = override(load_data_config(a.config), overrides)
         if a.out is not None:
             cfg.store.out_dir = a.out
         if a.trust_pickle:
             cfg.store.trust_pickle = True
-        for flag, key in (("nwb_gaze", "gaze"), ("nwb_stimulus", "stimulus"),
-                          ("screen_ppd", "screen_ppd"), ("crop_deg", "crop_deg"),
-                          ("crop_px", "crop_px")):
+        for flag, key in (("nwb_gaze", "gaze"), ("nwb_stimulus", "stimulus")):  # names as given
             if getattr(a, flag) is not None:
                 setattr(cfg.nwb, key, getattr(a, flag))
-        cfg.nwb.__post_init__()
         if a.print_config:
             print(to_yaml(cfg), end="")
             return 0

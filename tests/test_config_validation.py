@@ -22,7 +22,20 @@ from polar_model.training import trainer
 from polar_model.training.run_config import TrainConfig, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-OWNED = (TrainConfig, StoreConfig, LoaderConfig, DemoConfig, PolarConfig, BaselineConfig)
+def _tree(cls, seen=None) -> list:
+    """Every dataclass reachable from ``cls`` through its fields (unions included)."""
+    seen = [] if seen is None else seen
+    if cls in seen:
+        return seen
+    seen.append(cls)
+    for tp in typing.get_type_hints(cls).values():
+        for arg in (tp, *get_args(tp)):
+            if dataclasses.is_dataclass(arg):
+                _tree(arg, seen)
+    return seen
+
+
+OWNED = tuple(_tree(trainer.RunConfig))
 
 
 @contextmanager

@@ -23,22 +23,28 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import beta as beta_fn
 
+from ..typed_yaml import bounded, check_fields
+
 
 @dataclass(frozen=True)
 class GazeParams:
     """Gaze model parameters (see the module docstring for units and roles)."""
 
-    fixation_mean_s: float = 0.30
-    fixation_shape: float = 3.0
-    saccade_amp_mean_deg: float = 4.0
-    main_seq_duration_ms: tuple[float, float] = (21.0, 2.2)  # D = a + b * A
-    main_seq_vmax_deg_s: float = 600.0
-    main_seq_c_deg: float = 6.0
-    drift_deg_per_sqrt_s: float = 0.1
-    microsaccade_rate_hz: float = 1.0
-    blink_rate_hz: float = 0.2
-    blink_duration_s: tuple[float, float] = (0.1, 0.3)
-    bounds_deg: tuple[float, float] = (8.0, 6.0)
+    fixation_mean_s: float = bounded(0.30, "(0, 10]")
+    fixation_shape: float = bounded(3.0, "(0, 100]")
+    saccade_amp_mean_deg: float = bounded(4.0, "(0, 90]")
+    main_seq_duration_ms: tuple[float, float] = bounded(  # D = a + b * A
+        (21.0, 2.2), "[0, 1000]")
+    main_seq_vmax_deg_s: float = bounded(600.0, "(0, 5000]")
+    main_seq_c_deg: float = bounded(6.0, "(0, 100]")
+    drift_deg_per_sqrt_s: float = bounded(0.1, "[0, 10]")
+    microsaccade_rate_hz: float = bounded(1.0, "[0, 50]")
+    blink_rate_hz: float = bounded(0.2, "[0, 10]")
+    blink_duration_s: tuple[float, float] = bounded((0.1, 0.3), "(0, 10]")
+    bounds_deg: tuple[float, float] = bounded((8.0, 6.0), "(0, 90]")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 DOCUMENTED_RANGES = {

@@ -32,6 +32,7 @@ from ..checksum import sha256_file
 from ..filters import segments
 from ..session import Provenance, Session, SessionError
 from ..session_source import SessionSource
+from ..typed_yaml import read_mapping
 
 REQUIRED = ("stim", "robs", "eyepos", "dpi_valid", "trial_inds", "t_bins")
 
@@ -155,7 +156,7 @@ def open_dset(path: str | Path, trust_pickle: bool = False,
     qcmissing = {}
     if session_yaml is not None:
         session_yaml = Path(session_yaml)
-        info = yaml.safe_load(session_yaml.read_text()) or {}
+        info = read_mapping(session_yaml, "session file")
         if "cids" in info:
             cids = np.asarray(info["cids"], dtype=np.int64)
             bad = cids[(cids < 0) | (cids >= robs_all.shape[1])]

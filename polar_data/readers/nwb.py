@@ -99,6 +99,7 @@ from ..session import Provenance, Session, SessionError
 from ..session_source import SessionSource, chunk_bounds
 from .budget import UNIT_BIN_BYTES, Estimate, label
 from .dset import bins_in_intervals, mask_to_intervals, median_rate
+from ..typed_yaml import bounded, check_fields
 from .hdf5_safety import scan_file
 
 CROPS_NAME = "gaze_contingent_stim"
@@ -110,11 +111,6 @@ COMPANION_SUFFIXES = ("_image.nwb", "_behavior.nwb")  # a session split into fil
 
 class MissingError(SessionError):
     """A file lacks something a session needs (gaze, stimulus, spikes)."""
-
-# NwbOptions' numbers: (exclusive lower, inclusive upper) bounds; they size allocations
-_BOUNDS = {"screen_ppd": (0, 10_000.0), "crop_deg": (0, 360.0), "crop_px": (0, 4096),
-           "max_memory_gb": (0, 1e6)}
-
 
 @dataclass
 class NwbOptions:
@@ -136,25 +132,16 @@ class NwbOptions:
 
     gaze: str | None = None
     stimulus: str | None = None
-    screen_ppd: float | None = None
-    crop_deg: float | None = None
-    crop_px: int | None = None
+    screen_ppd: float | None = bounded(None, "(0, 10000]", "screen pixels per degree")
+    crop_deg: float | None = bounded(None, "(0, 360]")
+    crop_px: int | None = bounded(None, "[1, 4096]", "crop side in pixels, rendered per bin")
     spikes: str | None = None
     allow_external_files: bool = False
-    max_memory_gb: float | None = None
+    max_memory_gb: float | None = bounded(None, "(0, 1000000]")
     storage_options: dict[str, object] = field(default_factory=dict)  # fsspec options (s3://)
 
     def __post_init__(self):
-        for key, (lo, hi) in _BOUNDS.items():
-            v = getattr(self, key)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ValueError(f"nwb.{key} must be a finite number, got {v!r}")
-            if not lo < v <= hi:
-                raise ValueError(f"nwb.{key} must be > {lo:g} and <= {hi:g}, got {v}")
-        if self.crop_px is not None and int(self.crop_px) != self.crop_px:
-            raise ValueError(f"nwb.crop_px must be a whole number of pixels, got {self.crop_px}")
+        check_fields(self)
 
 
 def _walk(container, path: str):
