@@ -472,8 +472,10 @@ def test_static_differs_from_minimal():
     assert a.mix[0].in_features != b.mix[0].in_features
 
 
-def _readme_params():
-    text = (ROOT / "README.md").read_text()
+def _documented_params():
+    """The configs table of docs/model.md: config name -> documented trainable parameters
+    (rows ``| `name` | ... | 14,020 |``)."""
+    text = (ROOT / "docs" / "model.md").read_text()
     return {m.group(1): int(m.group(2).replace(",", ""))
             for m in re.finditer(r"^\| `(\w+)` \|.*\| ([\d,]+) \|$", text, re.M)}
 
@@ -486,7 +488,7 @@ def test_parameter_counts_match_readme(capsys):
         counts[name] = sum(p.numel() for p in m.parameters() if p.requires_grad)
     with capsys.disabled():
         print("\ntrainable parameters (51x51, one session of 32 units):", counts)
-    documented = _readme_params()
+    documented = _documented_params()
     assert set(documented) == set(CONFIGS)
     assert documented == counts
     assert counts["full"] <= 0.75 * counts["baseline"]
