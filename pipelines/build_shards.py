@@ -42,6 +42,7 @@ from polar_data.build_lock import BuildLocked, build_lock
 from polar_data.data_config import DATA_SECTIONS, load_data_config
 from polar_data.manifest import verify
 from polar_data.schema import SPLITS
+from polar_data.storage_options import redact_config
 from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml
 
 
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
             if getattr(a, flag) is not None:
                 setattr(cfg.nwb, key, getattr(a, flag))
         if a.print_config:
-            print(to_yaml(cfg), end="")
+            print(to_yaml(redact_config(cfg)), end="")  # never print credentials
             return 0
         out = Path(cfg.store.out_dir)
         if a.verify:

@@ -73,6 +73,7 @@ from .manifest import (
 from .safe_names import inside, session_folder_name
 from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
 from .session_source import chunk_bounds
+from .storage_options import without_storage_options
 from .typed_yaml import to_dict
 from .zarr_store import open_root, stats_from_sums
 
@@ -179,9 +180,8 @@ def settings(cfg: DataConfig, window_len: int) -> dict:
     store = to_dict(cfg.store)
     for key in ("out_dir", "trust_pickle", "ingest_chunk_bins"):  # do not change the output
         store.pop(key)
-    nwb = to_dict(cfg.nwb)
-    nwb.pop("storage_options")  # how to reach the files (credentials), not what they hold
-    nwb.pop("max_memory_gb")    # a budget of the machine building, not of the output
+    nwb = without_storage_options(to_dict(cfg.nwb))  # how to reach the files, not what
+    nwb.pop("max_memory_gb")  # a budget of the machine building, not of the output
     return {"schema_version": SCHEMA_VERSION, "window_len": window_len, "store": store,
             "nwb": nwb, "demo": to_dict(cfg.demo) if not cfg.sessions else None}
 

@@ -40,13 +40,17 @@ def _holders(out_dir: Path) -> str:
 
 
 @contextmanager
-def _flock(path: Path, exclusive: bool, what: str, out_dir: Path, fd: int | None = None):
+def folder_lock(path: Path, exclusive: bool, what: str, out_dir: Path, fd: int | None = None,
+                busy: str = "being built"):
+    """Hold the ``flock`` on ``path`` (a file in ``out_dir``), exclusive or shared, or raise
+    :class:`BuildLocked` at once naming ``out_dir`` ("is <busy> by another process") and the
+    holders. ``what``: the holder's own description, written into the file while held."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if fd is None else fd
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BuildLocked(f"{out_dir} is being built by another process: "
+            raise BuildLocked(f"{out_dir} is {busy} by another process: "
                               f"{_holders(out_dir)}. Wait for it to finish, or use another "
                               "output folder.") from None
         if exclusive:
@@ -72,16 +76,16 @@ def build_lock(out_dir: Path, stage: str, job_index: int = 0, num_jobs: int = 1)
         except OSError:  # no lock file: nothing has ever built here (or it cannot be read)
             yield
             return
-        with _flock(out_dir / LOCK_NAME, False, "--verify", out_dir, fd):
+        with folder_lock(out_dir / LOCK_NAME, False, "--verify", out_dir, fd):
             yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     what = f"--stage {stage} job {job_index}/{num_jobs}"
     shared = stage in ("ingest", "shards", "verify")
-    with _flock(out_dir / LOCK_NAME, not shared, what, out_dir):
+    with folder_lock(out_dir / LOCK_NAME, not shared, what, out_dir):
         if stage in ("ingest", "shards"):
             slot = out_dir / f"{LOCK_NAME}.{stage}-{job_index}-of-{num_jobs}"
-            with _flock(slot, True, what, out_dir):
+            with folder_lock(slot, True, what, out_dir):
                 yield
         else:
             yield

@@ -132,7 +132,9 @@ class ShardStream(IterableDataset):
             batches_per_epoch = samples // (self.world_size * batch_size)
         if batches_per_epoch < 1:
             raise StoreError(f"{info.base}: {split} has {samples} {mode} samples, too few for "
-                             f"one batch of {batch_size} on each of {self.world_size} rank(s)")
+                             f"one batch of {batch_size} on each of {self.world_size} "
+                             "rank(s): lower loader.batch_size (loader.eval_batch_size for "
+                             "val / test)")
         self.batches_per_epoch = batches_per_epoch
         self.single_pass = single_pass
         self.skip_batches = skip_batches

@@ -67,7 +67,7 @@ def test_run_folder_and_checkpoint_carry_the_whole_config(trained):
 
     run = trained.parent.parent
     saved = load_run_config(config=run / "config.yaml")
-    hparams = torch.load(trained, map_location="cpu", weights_only=False)["hyper_parameters"]
+    hparams = torch.load(trained, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert run_config_from_hparams(hparams) == saved
     assert saved.model.name == "behavior" and saved.train.max_steps == 3
     assert saved.loader.kind == "zarr" and saved.store.window_len is None

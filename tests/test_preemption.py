@@ -26,7 +26,7 @@ class _SignalAt(L.Callback):
 
 
 def _weights(ckpt: Path) -> dict:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
@@ -58,7 +58,7 @@ def test_signal_mid_epoch_saves_and_resume_reaches_the_same_weights(tmp_path, ti
     assert exit_info.value.code in (None, 0)
     monkeypatch.undo()
     last = cut / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == stop + 1  # the batch in flight finished, then saved
     assert train.main([*args, "--out", str(tmp_path / "resumed"), "--resume", str(last)]) == 0
     a = _weights(whole / "checkpoints" / "last.ckpt")
@@ -84,7 +84,7 @@ def test_last_checkpoint_is_written_at_every_validation(tmp_path, tiny_store):
             last = run / "checkpoints" / "last.ckpt"
             if last.is_file():
                 self.steps.append(torch.load(last, map_location="cpu",
-                                             weights_only=False)["global_step"])
+                                             weights_only=True)["global_step"])
 
     make = train.make_trainer
     train.make_trainer = lambda *a: (lambda t: (t.callbacks.append(Record()), t)[1])(make(*a))
@@ -96,5 +96,5 @@ def test_last_checkpoint_is_written_at_every_validation(tmp_path, tiny_store):
         train.make_trainer = make
     assert sorted(set(Record.steps)) == [2]  # written at the validation of step 2 ...
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)
+                       weights_only=True)
     assert final["global_step"] == 4  # ... and at the end

@@ -97,9 +97,9 @@ from ..checksum import sha256_bytes, sha256_file
 from ..render import hold_last_valid, render_crops
 from ..session import Provenance, Session, SessionError
 from ..session_source import SessionSource, chunk_bounds
+from ..typed_yaml import bounded, check_fields
 from .budget import UNIT_BIN_BYTES, Estimate, label
 from .dset import bins_in_intervals, mask_to_intervals, median_rate
-from ..typed_yaml import bounded, check_fields
 from .hdf5_safety import scan_file
 
 CROPS_NAME = "gaze_contingent_stim"

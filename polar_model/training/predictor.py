@@ -16,7 +16,7 @@ import torch
 
 from polar_data.batches import normalise_stim
 
-DATA_FACTS = "data_facts"
+from .checkpoints import DATA_FACTS, CheckpointError, load_module, read_checkpoint
 
 
 class Predictor:
@@ -100,13 +100,14 @@ class SaveDataFacts(L.Callback):
 
 
 def load(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """A ready model from a checkpoint of ``pipelines/train.py`` (eval mode, on ``device``)."""
-    from .lit_module import EncodingModule
+    """A ready model from a checkpoint of ``pipelines/train.py`` (eval mode, on ``device``).
 
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    The file is read with ``weights_only=True`` (:func:`.checkpoints.read_checkpoint`): a
+    checkpoint carrying anything but tensors and plain data is refused, never run; refused,
+    empty or truncated files raise :class:`.checkpoints.CheckpointError` naming the file."""
+    ckpt = read_checkpoint(ckpt_path)
     if DATA_FACTS not in ckpt:
-        raise ValueError(f"{ckpt_path}: the checkpoint lacks {DATA_FACTS!r} (written by "
-                         "pipelines/train.py since this version); retrain, or build a "
-                         "Predictor yourself from the store's StoreInfo")
-    module = EncodingModule.load_from_checkpoint(str(ckpt_path), map_location="cpu")
-    return Predictor(module, ckpt[DATA_FACTS], device)
+        raise CheckpointError(f"{ckpt_path}: the checkpoint lacks {DATA_FACTS!r} (written by "
+                              "pipelines/train.py since this version); retrain, or build a "
+                              "Predictor yourself from the store's StoreInfo")
+    return Predictor(load_module(ckpt_path, ckpt), ckpt[DATA_FACTS], device)

@@ -9,6 +9,16 @@ validation (improved or not), at the end of training, and when the job is told t
 * SIGUSR1 outside SLURM is handled the same way. Under SLURM with auto-requeue
   (``#SBATCH --signal=SIGUSR1@90``), Lightning itself saves its ``hpc_ckpt`` and requeues.
 
+* Any other exception in the training loop (a store that vanished, a non-finite loss, Ctrl-C):
+  ``last.ckpt`` is saved at the last completed optimizer step (resumable: the failed batch is
+  trained again), the exception gets a note naming it (also printed) and the run fails.
+  Under DDP with several processes this save is skipped (it would wait for ranks that did
+  not fail) and the note says so; the last validation's ``last.ckpt`` stays.
+
+:class:`ValidateAtEnd` runs a validation after the last training batch of a run (max steps or
+max epochs reached) when none is due at that step, so ``best.ckpt`` exists and the printed
+score is real even for a run shorter than ``val_every_steps``.
+
 Lightning writes checkpoints atomically (to a temporary file, then renamed), so a kill in the
 middle of a save leaves the previous ``last.ckpt`` intact. Resume with
 ``pipelines/train.py --resume <run>/checkpoints/last.ckpt``: the loaders skip the batches of
@@ -18,6 +28,7 @@ the epoch already trained, so the resumed run reaches the uninterrupted run's we
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -34,6 +45,7 @@ class SaveLast(L.Callback):
         self.path = Path(dirpath) / LAST
 
     def on_train_start(self, trainer, pl_module):
+        self._training = True
         # after Lightning's signal connector has registered (its teardown restores what it
         # found then, so this handler does not outlive the run)
         env = trainer._accelerator_connector.cluster_environment
@@ -57,6 +69,7 @@ class SaveLast(L.Callback):
 
     def _save(self, trainer):
         trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -64,9 +77,64 @@ class SaveLast(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._save(trainer)
+        self._training = False
         self._restore()
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):
             self._save(trainer)
+        elif getattr(self, "_training", False):
+            self._save_after_failure(trainer, exception)
+        self._training = False
         self._restore()
+
+    def _save_after_failure(self, trainer, exception: BaseException) -> None:
+        """``last.ckpt`` after an exception in the loop, and a note on the exception."""
+        where = f"training failed at step {trainer.global_step}"
+        if trainer.world_size > 1:
+            note = (f"{where}; no checkpoint saved after the failure under DDP (the other "
+                    f"ranks are not at a save); {self.path} is the last validation's")
+        elif getattr(self, "_saved_step", None) == trainer.global_step:
+            # nothing trained since the last save (e.g. at the validation of this step):
+            # that checkpoint is the exact one, keep it
+            note = (f"{where}; {self.path} was saved at that step: resume with "
+                    f"pipelines/train.py --resume {self.path}")
+        else:
+            try:
+                _forget_unfinished_batch(trainer)
+                self._save(trainer)
+            except Exception as e:  # the disk or the store may be what failed: keep the
+                # first error, say that no checkpoint came of it
+                note = f"{where}; saving {self.path} failed too ({type(e).__name__}: {e})"
+            else:
+                note = (f"{where}; saved {self.path}: resume with "
+                        f"pipelines/train.py --resume {self.path}")
+        exception.add_note(note)
+        if trainer.is_global_zero:
+            print(f"error: {note}", file=sys.stderr, flush=True)
+
+
+def _forget_unfinished_batch(trainer) -> None:
+    """The batch an exception interrupted before its optimizer step was not trained: set its
+    progress counters back to the last completed batch, so the checkpoint reads as saved
+    after that batch (as at the end of training) and a resume trains the interrupted batch
+    again, logging the same step numbers (Lightning counts a half-done batch as stepped)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    if progress.total.processed < progress.total.ready:
+        for p in (progress.total, progress.current):
+            p.ready = p.started = p.processed = p.completed
+
+
+class ValidateAtEnd(L.Callback):
+    """After the run's last training batch (``max_steps`` reached, or the last batch of the
+    last epoch), ask Lightning to stop, which runs a validation at that step unless one is
+    running anyway (Lightning validates when a stop is requested), so the best-model
+    checkpoint and its score always exist at the end."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_step = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        epochs = trainer.max_epochs
+        last_epoch = (epochs not in (None, -1) and trainer.current_epoch + 1 >= epochs
+                      and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        if last_step or last_epoch:
+            trainer.should_stop = True

@@ -3,6 +3,11 @@
     python pipelines/evaluate.py runs/full/checkpoints/best.ckpt runs/baseline/checkpoints/best.ckpt
     python pipelines/evaluate.py runs/*/checkpoints/best.ckpt --out reports/demo
 
+Checkpoints are read with ``weights_only=True`` (a file carrying code is refused, naming it)
+and each must have been trained on the store given (``--data`` / ``--loader.store``): another
+store (other sessions, unit ids, split seed or trials per split) is refused naming the
+difference, exit status 2, before anything is written.
+
 Report (``--out``, default ``reports/latest``):
     summary.md / summary.json   per checkpoint and split: mean BPS (unclamped, clamped),
                                 the oracle's (demo stores) and the fraction of it; per session
@@ -35,11 +40,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from polar_data.data_config import load_data_config  # noqa: E402
 from polar_data.demo.population import PopulationParams, saccade_gain_curve  # noqa: E402
+from polar_data.schema import StoreError  # noqa: E402
+from polar_data.storage_options import redact_config, usable_config  # noqa: E402
 from polar_data.store_info import StoreInfo  # noqa: E402
 from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml  # noqa: E402
 from polar_data.zarr_store import open_store  # noqa: E402
 
 from . import REPO  # noqa: E402
+from .checkpoints import (  # noqa: E402
+    CheckpointError,
+    check_same_store,
+    load_module,
+    read_checkpoint,
+)
+from .data_glue import data_facts, store_identity  # noqa: E402
 from .evaluation import predict_split, score  # noqa: E402
 from .lit_module import EncodingModule  # noqa: E402
 from .run_config import DATA_SECTIONS  # noqa: E402
@@ -68,9 +82,21 @@ def unit_labels(preds, info: StoreInfo) -> tuple[list[str], list[int]]:
     return sessions, ids
 
 
-def load(ckpt: Path) -> EncodingModule:
-    module = EncodingModule.load_from_checkpoint(str(ckpt), map_location="cpu")
-    return module.eval()
+def load(ckpt: Path, info: StoreInfo | None = None, facts: dict | None = None
+         ) -> EncodingModule:
+    """The checkpoint's module (eval mode), read with ``weights_only=True``; with ``info``
+    and ``facts`` (the store's data facts), refused unless it was trained on that store.
+    Raises CheckpointError naming the file."""
+    ckpt_dict = read_checkpoint(ckpt)
+    if info is not None:
+        check_same_store(ckpt, ckpt_dict, facts, info.base)
+    module = load_module(ckpt, ckpt_dict)
+    if info is not None and (tuple(module.spec.session_names) != info.sessions
+                             or tuple(module.spec.n_units) != info.n_units):
+        raise CheckpointError(f"{ckpt}: trained on sessions {list(module.spec.session_names)} "
+                              f"with {list(module.spec.n_units)} units, the store {info.base} "
+                              f"holds {list(info.sessions)} with {list(info.n_units)}")
+    return module
 
 
 def label(ckpt: Path, module: EncodingModule) -> str:
@@ -279,24 +305,30 @@ def main(argv=None) -> int:
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved data config as YAML and exit")
     a = p.parse_args(rest)
+    if a.batch_size < 1:
+        p.error(f"--batch-size: must be >= 1, got {a.batch_size}")
     try:
-        cfg = override(load_data_config(a.data), overrides)
+        cfg = usable_config(override(load_data_config(a.data), overrides))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.print_config:
-        print(to_yaml(cfg), end="")
+        print(to_yaml(redact_config(cfg)), end="")
         return 0
     if not a.checkpoints:
         p.error("give at least one checkpoint")
-    info = StoreInfo.load(cfg.loader.store or str(cfg.store.out_dir))
+    options = cfg.loader.storage_options
+    try:
+        info = StoreInfo.load(cfg.loader.store or str(cfg.store.out_dir), options)
+        facts = data_facts(info, store_identity(info, options))
+        open_store(f"{info.base}/zarr")  # predictions read the store's (local) Zarr part
+        loaded = [(ckpt, load(ckpt, info, facts)) for ckpt in a.checkpoints]
+    except (StoreError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     a.out.mkdir(parents=True, exist_ok=True)
     modules, ckpts, results, preds = {}, {}, {}, {}
-    for ckpt in a.checkpoints:
-        if not ckpt.is_file():
-            print(f"error: {ckpt}: no such checkpoint", file=sys.stderr)
-            return 2
-        m = load(ckpt)
+    for ckpt, m in loaded:
         name = label(ckpt, m)
         if name in modules:
             name = f"{name}:{ckpt.parent.parent.name}"

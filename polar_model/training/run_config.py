@@ -18,7 +18,9 @@ its flag (``command line: --train.lr: expected a number, got 'fast'``); an error
 whole tree shows (a check across keys) names the files and flags that made that section.
 
 The trainer saves the tree whole into ``<run>/config.yaml`` and into every checkpoint
-(hyperparameter ``run_config``); ``--config <run>/config.yaml`` loads it back unchanged.
+(hyperparameter ``run_config``), storage-option secrets redacted
+(:mod:`polar_data.storage_options`); ``--config <run>/config.yaml`` loads it back unchanged
+but for those, which then come from the environment or a named profile.
 
 Why not jsonargparse: it reads dataclasses and gives dotted overrides, but it treats a union of
 dataclasses as subclass types (``class_path`` / ``init_args``), so our model YAMLs (``kind:``)

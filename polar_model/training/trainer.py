@@ -12,7 +12,8 @@ The run's config is one tree (data sections, ``model``, ``train``; see
 of its parts (defaults: configs/data/demo.yaml, configs/model/full.yaml,
 configs/train/cpu_demo.yaml, unless ``--config`` gives a whole tree) and any key can be set
 with its dotted name (``--<section>.<key> VALUE``, YAML values: ``null``, ``true``,
-``[16, 32]``). The tree is written whole to ``<run>/config.yaml`` and into every checkpoint.
+``[16, 32]``). The tree is written whole to ``<run>/config.yaml`` and into every checkpoint
+(storage-option secrets redacted, see Safety below).
 
 Preemption: on SIGTERM (or SIGUSR1) the current batch finishes, ``last.ckpt`` is saved and the
 process exits with status 0; requeue the job with ``--resume <run>/checkpoints/last.ckpt``.
@@ -23,8 +24,29 @@ On a cluster (Lightning DDP over nodes x GPUs, data streamed from WebDataset sha
     srun python pipelines/train.py --data configs/data/lab.yaml --model configs/model/full.yaml \\
         --accelerator gpu --devices 4 --num-nodes 2 --strategy ddp
 
+Safety:
+
+* ``--resume`` reads the checkpoint with ``weights_only=True`` (a file carrying code is
+  refused, naming it) and refuses a store other than the one the run was trained on (other
+  sessions, unit ids, split seed or fractions, trials per split, source files: each named);
+  ``--allow-new-store`` fine-tunes on another store of the same model shape, and the new
+  checkpoints list the earlier stores under ``data_facts["previous_stores"]``.
+* Storage options are redacted in everything the run writes (``config.yaml``,
+  ``hparams.yaml``, TensorBoard events, checkpoints): give credentials through the
+  environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or a
+  named profile (``storage_options: {profile: NAME}``); ``--config <run>/config.yaml`` drops
+  the placeholders, so a resumed run reaches the store with the environment's credentials.
+* One training per run folder: a second one into the same ``--out`` is refused while the
+  first runs (a ``flock`` on ``<run>/.build.lock.train``, dropped by the kernel when a process
+  dies, so a killed run leaves no stale lock).
+* A run always ends with a checkpoint: after the last step a validation runs if none ran at
+  that step (so ``best.ckpt`` exists and the printed score is real); an exception in the loop
+  saves ``last.ckpt`` (resumable) and the run fails, naming it.
+
 Exit status: 0 on success, 2 when the data cannot serve the model (e.g. the store's window is
-shorter than the model's jepa_delta + min_context) or a config is wrong.
+shorter than the model's jepa_delta + min_context, or the train split holds fewer samples than
+one batch), a config is wrong, the checkpoint to resume is refused, or the run folder is in
+use; an exception during training propagates (non-zero) after ``last.ckpt`` is saved.
 """
 
 from __future__ import annotations
@@ -32,24 +54,33 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from polar_data.build_lock import LOCK_NAME, BuildLocked, folder_lock
 from polar_data.datamodule import PolarDataModule
 from polar_data.schema import StoreError
+from polar_data.storage_options import config_secrets, redact_config, usable_config
 from polar_data.typed_yaml import ConfigError, split_overrides, to_yaml
 
 from . import REPO
-from .data_glue import check_window, data_facts, spec_of
+from .checkpoints import DATA_FACTS, check_same_store, check_shapes, read_checkpoint
+from .data_glue import check_window, data_facts, identity_of, spec_of, store_identity
 from .lit_module import EncodingModule
 from .placement import place_readouts
 from .predictor import SaveDataFacts
-from .preemption import SaveLast
+from .preemption import SaveLast, ValidateAtEnd
 from .run_config import SECTIONS, RunConfig, TrainConfig, load_run_config, write_run_config
+
+RUN_LOCK = LOCK_NAME + ".train"  # <run>/.build.lock.train: one training per run folder
 
 DEFAULTS = {"data": REPO / "configs/data/demo.yaml", "model": REPO / "configs/model/full.yaml",
             "train": REPO / "configs/train/cpu_demo.yaml"}
@@ -69,6 +100,9 @@ def parse_args(argv=None):
     p.add_argument("--train", type=Path, help=f"train config (default {DEFAULTS['train']})")
     p.add_argument("--out", type=Path, help="run folder (default runs/<model name>)")
     p.add_argument("--resume", type=Path, help="checkpoint to resume from (exact resume)")
+    p.add_argument("--allow-new-store", action="store_true",
+                   help="with --resume: continue training on a store other than the "
+                        "checkpoint's (same model shape; recorded in the new checkpoints)")
     p.add_argument("--max-steps", type=int, help="same as --train.max_steps")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
@@ -87,8 +121,56 @@ def parse_args(argv=None):
 
 
 def resolve_config(a, overrides) -> RunConfig:
-    """The run config from the parsed command line."""
-    return load_run_config(a.config, a.data, a.model, a.train, overrides)
+    """The run config from the parsed command line, with the storage options it may use
+    (a run folder's redacted placeholders dropped: credentials come from the environment)."""
+    return usable_config(load_run_config(a.config, a.data, a.model, a.train, overrides))
+
+
+@contextmanager
+def run_folder_lock(out: Path):
+    """Hold ``out`` for this training (global rank 0 only: the other ranks of a DDP job are
+    this run); raises :class:`polar_data.build_lock.BuildLocked` naming the folder and the
+    process that holds it. The kernel drops the lock when the holder dies."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out / RUN_LOCK, True, "training run, pipelines/train.py", out,
+                     busy="used by another training run"):
+        yield
+
+
+def check_batches(dm: PolarDataModule) -> None:
+    """Stop before training when the train split cannot fill one batch (the Zarr loader's
+    batches hold one session and drop a short last one: Lightning would train nothing and
+    exit 0). The streaming loader refuses this itself (StoreError)."""
+    loader = dm.train_dataloader()
+    if len(loader) > 0 or not hasattr(loader.dataset, "index"):
+        return
+    lc = dm.cfg.loader
+    sessions = np.asarray(loader.dataset.index)[:, 0]
+    largest = int(np.bincount(sessions).max()) if len(sessions) else 0
+    raise ConfigError(
+        f"loader.batch_size = {lc.batch_size}: the train split of {dm.base} holds "
+        f"{len(sessions)} {lc.mode}s ({largest} in its largest session; a batch holds one "
+        "session), so not one batch would be trained: use a loader.batch_size of at most "
+        f"{largest}" + ("" if largest else " (or a store with a train split)"))
+
+
+def check_resume(a, module: EncodingModule, facts: dict, base: str) -> dict:
+    """Before ``--resume``: read the checkpoint safely, refuse another store (unless
+    ``--allow-new-store``) and weights that do not fit ``module``; returns the data facts
+    the new checkpoints carry (``previous_stores`` extended when the store changed)."""
+    ckpt = read_checkpoint(a.resume)
+    diffs = check_same_store(a.resume, ckpt, facts, base, a.allow_new_store)
+    check_shapes(a.resume, ckpt, module)
+    saved = ckpt.get(DATA_FACTS) or {}
+    previous = list(saved.get("previous_stores", []))
+    if diffs:
+        print(f"fine-tuning on another store than {a.resume}'s: " + "; ".join(diffs),
+              flush=True)
+        previous.append(identity_of(saved))
+    return {**facts, "previous_stores": previous}
 
 
 class SaveRunConfig(L.Callback):
@@ -112,6 +194,7 @@ def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
     strategy = a.strategy
     if strategy == "ddp":  # each batch uses one session's readout: the others sit unused
         strategy = DDPStrategy(find_unused_parameters=True)
+    callbacks.append(ValidateAtEnd())  # best.ckpt and a real score, whenever the run ends
     return L.Trainer(
         default_root_dir=out, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         gradient_clip_val=tc.grad_clip, callbacks=callbacks,
@@ -133,23 +216,53 @@ def main(argv=None) -> int:
         a, overrides = parse_args(argv)
         cfg = resolve_config(a, overrides)
         if a.print_config:
-            print(to_yaml(cfg), end="")
+            print(to_yaml(redact_config(cfg)), end="")
             return 0
+        if a.allow_new_store and a.resume is None:
+            raise ConfigError("--allow-new-store goes with --resume CKPT")
         dm = PolarDataModule(cfg)
         check_window(dm.info, cfg.model, a.model or cfg.model.name)
+        check_batches(dm)
+        facts = data_facts(dm.info, store_identity(dm.info, cfg.loader.storage_options))
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tc = cfg.train
-    L.seed_everything(tc.seed, workers=True)
     out = a.out or REPO / "runs" / (a.model.stem if a.model is not None else cfg.model.name)
-    module = EncodingModule.create(cfg.model, spec_of(dm.info), tc, run_config=cfg)
+    if secrets := config_secrets(cfg):
+        print(f"note: {', '.join(secrets)} redacted in what {out} records; a resumed run "
+              "takes credentials from the environment (AWS_*) or a profile", file=sys.stderr)
+    try:
+        with run_folder_lock(out):
+            return _train(a, cfg, tc, dm, facts, out)
+    except BuildLocked as e:
+        print(f"error: run folder {out}: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(a, cfg: RunConfig, tc: TrainConfig, dm: PolarDataModule, facts: dict,
+           out: Path) -> int:
+    """Build the module and trainer and fit (``main`` holds the run folder)."""
+    L.seed_everything(tc.seed, workers=True)
+    written = redact_config(cfg)  # what config.yaml, hparams.yaml, tb and checkpoints hold
+    module = EncodingModule.create(cfg.model, spec_of(dm.info), tc, run_config=written)
+    if a.resume is not None:
+        try:
+            facts = check_resume(a, module, facts, dm.base)
+        except ValueError as e:  # CheckpointError: refused, unreadable, other store or shape
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        trainer = make_trainer(tc, out, a)
+    except (ValueError, TypeError, MisconfigurationException) as e:
+        print(f"error: trainer settings (train.precision, --accelerator, --devices, "
+              f"--num-nodes, --strategy): {e}", file=sys.stderr)
+        return 2
     if a.resume is None and cfg.model.readout_placement == "rf_maps":
         print(place_readouts(module.model, dm.info, progress=not a.no_progress), flush=True)
-    trainer = make_trainer(tc, out, a)
-    trainer.callbacks.append(SaveDataFacts(data_facts(dm.info)))  # for polar_model.load
-    trainer.callbacks.append(SaveRunConfig(cfg, out / "config.yaml"))
-    trainer.fit(module, datamodule=dm, ckpt_path=a.resume)
+    trainer.callbacks.append(SaveDataFacts(facts))  # for polar_model.load and --resume
+    trainer.callbacks.append(SaveRunConfig(written, out / "config.yaml"))
+    trainer.fit(module, datamodule=dm, ckpt_path=a.resume, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path
     score = trainer.checkpoint_callback.best_model_score
     if trainer.is_global_zero:
