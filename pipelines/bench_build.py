@@ -33,16 +33,16 @@ import numcodecs
 import numpy as np
 import yaml
 
-from polar_data.build import build_store
-from polar_data.checksum import default_threads
-from polar_data.data_config import load_data_config
+from polar_data.config.data_config import load_data_config
 from polar_data.demo.generate import (
     DemoConfig,
     generate_session,
     natural_images,
     write_sized_sessions,
 )
-from polar_data.zarr_store import open_store
+from polar_data.store.build import build_store
+from polar_data.store.checksum import default_threads
+from polar_data.store.zarr_groups import open_store
 
 
 def plain_copy_seconds(folder: Path, nbytes: int) -> float:
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=4)
     p.add_argument("--workers", type=int, default=1, help="build worker processes, as "
                    "build_shards.py --workers (default 1, its default: one process, two "
-                   "sessions side by side, compressing in threads; see polar_data.build)")
+                   "sessions side by side, compressing in threads; see polar_data.store.build)")
     p.add_argument("--naive-windows", type=int, default=3000)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: tmp)")
     p.add_argument("--memory", type=float, nargs="*", metavar="MINUTES",

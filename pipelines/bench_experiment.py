@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from polar_data.typed_yaml import read_mapping
+from polar_data.config.typed_yaml import read_mapping
 from polar_model.training.runs import final_validation as final_val
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main

@@ -8,7 +8,7 @@ DataLoader with the same number of workers (forked: they share the arrays copy-o
 Ours: the streaming WebDataset loader and the Zarr random-access loader, each in window mode
 (one predicted bin per sample) and clip mode (clip_len predicted bins per sample). Our
 workers hand over uint8 frames (a quarter of float32's bytes between processes); the timed
-loop normalises every batch of ours in the main process (``polar_data.batches.
+loop normalises every batch of ours in the main process (``polar_data.loaders.batches.
 normalise_stim``, as training does after the batch transfer), so every row ends with the
 float32 frames a model takes: the baseline and the peers normalise in their workers and hand
 over float32.
@@ -45,14 +45,14 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
-from polar_data.batches import normalise_stim, pad_clip, sample
-from polar_data.build import build_store
-from polar_data.data_config import load_data_config
+from polar_data.config.data_config import load_data_config
 from polar_data.demo.generate import write_sized_sessions
-from polar_data.store_info import StoreInfo
-from polar_data.wds_stream import ShardStream
-from polar_data.zarr_store import open_store
-from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.loaders.batches import normalise_stim, pad_clip, sample
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.streaming import ShardStream
+from polar_data.loaders.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.store.build import build_store
+from polar_data.store.zarr_groups import open_store
 
 
 def _pss_kb(pid: int) -> int:

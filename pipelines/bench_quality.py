@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from polar_data.typed_yaml import read_mapping
+from polar_data.config.typed_yaml import read_mapping
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main
 

@@ -25,7 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from polar_data.build import (
+from polar_data.config.data_config import DATA_SECTIONS, load_data_config
+from polar_data.config.storage_options import redact_config
+from polar_data.config.typed_yaml import ConfigError, override, split_overrides, to_yaml
+from polar_data.schema import SPLITS
+from polar_data.store.build import (
     BuildError,
     check_output_folder,
     check_settings,
@@ -38,12 +42,8 @@ from polar_data.build import (
     unowned_files,
     write_shards,
 )
-from polar_data.build_lock import BuildLocked, build_lock
-from polar_data.data_config import DATA_SECTIONS, load_data_config
-from polar_data.manifest import verify
-from polar_data.schema import SPLITS
-from polar_data.storage_options import redact_config
-from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml
+from polar_data.store.build_lock import BuildLocked, build_lock
+from polar_data.store.manifest import verify
 
 
 def parse_args(argv=None):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .spec import DataSpec
+from polar_model.spec import DataSpec
 
 
 @dataclass

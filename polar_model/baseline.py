@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import EncodingModel, ModelOutput
-from .config import BaselineConfig
-from .gaze import V_SCALE, kinematics
-from .readout import MultiLevelGaussianReadout
-from .spec import DataSpec
+from polar_model.base import EncodingModel, ModelOutput
+from polar_model.config import BaselineConfig
+from polar_model.gaze import V_SCALE, kinematics
+from polar_model.readout import MultiLevelGaussianReadout
+from polar_model.spec import DataSpec
 
 
 class CausalConv3d(nn.Conv3d):

@@ -3,7 +3,7 @@
 ``kind: polar`` -> :class:`PolarConfig` (the six Polar-V1 configurations differ in
 ``use_behavior``, ``temporal`` and ``use_jepa``); ``kind: resnet_convgru`` ->
 :class:`BaselineConfig`. Unknown or ill-typed keys are errors naming the key; every number
-has a declared range (:func:`polar_data.typed_yaml.bounded`: widths bound the parameters
+has a declared range (:func:`polar_data.config.typed_yaml.bounded`: widths bound the parameters
 and activations a model allocates).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from polar_data.typed_yaml import (
+from polar_data.config.typed_yaml import (
     ConfigError,
     FieldError,
     bounded,

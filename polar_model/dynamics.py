@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .polar import POLAR_EPS, at_least_float32, polar_decompose
+from polar_model.polar import POLAR_EPS, at_least_float32, polar_decompose
 
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
 # the renormalisation factor 1 / sqrt(PHASE_FLOOR) where it is clamped (its gradient is

@@ -6,11 +6,11 @@ The window-length rule lives here: :func:`required_window_len` (what a model nee
 
 from __future__ import annotations
 
-from .base import EncodingModel
-from .baseline import ResNetConvGRU
-from .config import BaselineConfig, ModelConfig, PolarConfig
-from .polar_v1 import PolarV1
-from .spec import DataSpec
+from polar_model.base import EncodingModel
+from polar_model.baseline import ResNetConvGRU
+from polar_model.config import BaselineConfig, ModelConfig, PolarConfig
+from polar_model.polar_v1 import PolarV1
+from polar_model.spec import DataSpec
 
 MIN_WINDOW = 2  # recurrent models need at least one step of history to differentiate gaze
 

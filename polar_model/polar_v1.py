@@ -6,16 +6,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncodingModel, ModelOutput
-from .config import PolarConfig
-from .dynamics import PolarDynamics
-from .gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
-from .jepa import JEPA
-from .pyramid import LaplacianPyramid
-from .quadrature import QuadratureFilterBank
-from .readout import MultiLevelGaussianReadout
-from .spec import DataSpec
-from .summary import TemporalSummarizer, static_features
+from polar_model.base import EncodingModel, ModelOutput
+from polar_model.config import PolarConfig
+from polar_model.dynamics import PolarDynamics
+from polar_model.gaze import BehaviorEncoder, GazeEncoder, SaccadeGain
+from polar_model.jepa import JEPA
+from polar_model.pyramid import LaplacianPyramid
+from polar_model.quadrature import QuadratureFilterBank
+from polar_model.readout import MultiLevelGaussianReadout
+from polar_model.spec import DataSpec
+from polar_model.summary import TemporalSummarizer, static_features
 
 
 class PolarV1(EncodingModel):

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from .pyramid import LaplacianPyramid
-from .quadrature import QuadratureFilterBank
+from polar_model.pyramid import LaplacianPyramid
+from polar_model.quadrature import QuadratureFilterBank
 
 
 class RFMapper:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .polar import polar_decompose
-from .readout import pool
+from polar_model.polar import polar_decompose
+from polar_model.readout import pool
 
 
 class TemporalSummarizer(nn.Module):

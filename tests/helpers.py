@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polar_data.session import Session
+from polar_data.sessions.session import Session
 
 
 def tiny_session(n_trials=3, bins_per_trial=20, n_units=4, hw=9, rate=240.0, seed=0,

@@ -12,16 +12,16 @@ import pytest
 import webdataset as wds
 import zarr
 
-from polar_data.checksum import HashingWriter, sha256_file
-from polar_data.chunk_files import ChunkFiles
-from polar_data.session_source import session_chunks
-from polar_data.wds_shards import (
+from polar_data.sessions.session_source import session_chunks
+from polar_data.store.checksum import HashingWriter, sha256_file
+from polar_data.store.chunk_files import ChunkFiles
+from polar_data.store.shards import (
     GroupReader,
     encode_clip,
     sample_digest,
     write_shard,
 )
-from polar_data.zarr_store import CHUNK_KEYS, open_root, pixel_sums, write_session_group
+from polar_data.store.zarr_groups import CHUNK_KEYS, open_root, pixel_sums, write_session_group
 
 
 def _tree(folder):
@@ -193,7 +193,7 @@ def test_stim_member_reuses_zarr_chunks_and_decodes_to_the_frames(tmp_path):
     import shutil
     import subprocess
 
-    from polar_data.wds_shards import _frames_npy, _from_npy
+    from polar_data.store.shards import _frames_npy, _from_npy
 
     rng = np.random.default_rng(5)
     data = rng.integers(0, 256, (45, 6, 7), dtype=np.uint8)

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from polar_data.typed_yaml import (
+from polar_data.config.typed_yaml import (
     ConfigError,
     FieldError,
     Range,

@@ -14,8 +14,8 @@ from typing import Literal, get_args, get_origin
 import pytest
 import yaml
 
-from polar_data.data_config import DataConfig, StoreConfig
-from polar_data.typed_yaml import ConfigError, from_dict, load_config, to_yaml
+from polar_data.config.data_config import DataConfig, StoreConfig
+from polar_data.config.typed_yaml import ConfigError, from_dict, load_config, to_yaml
 from polar_model.config import load_model_config
 from polar_model.training import trainer
 from polar_model.training.run_config import TrainConfig, load_run_config

@@ -3,9 +3,9 @@ from dataclasses import replace
 import numpy as np
 from helpers import tiny_session
 
-from polar_data.clips import cut_clips
-from polar_data.filters import segments, unit_filter, window_valid
-from polar_data.splits import assign_trials
+from polar_data.sessions.clips import cut_clips
+from polar_data.sessions.splits import assign_trials
+from polar_data.sessions.validity import segments, unit_filter, window_valid
 
 
 def test_window_validity_at_trial_edges_and_invalid_gaze():
@@ -63,6 +63,6 @@ def test_reversed_time_is_not_a_valid_session_for_windows():
     r = replace(s, t=s.t[::-1].copy())
     import pytest
 
-    from polar_data.session import SessionError
+    from polar_data.sessions.session import SessionError
     with pytest.raises(SessionError, match="chronological"):
         r.validate()

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.streaming import ShardStream
+from polar_data.loaders.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
 from polar_data.schema import SCHEMA_VERSION, SPLITS, StoreError
-from polar_data.store_info import StoreInfo
-from polar_data.wds_stream import ShardStream
-from polar_data.zarr_store import open_store
-from polar_data.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.store.zarr_groups import open_store
 
 W, L = 6, 10
 
@@ -236,8 +236,8 @@ def test_corrupt_shard_mid_stream_is_named_unless_skipped(tiny_store, tmp_path):
 
 
 def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
-    from polar_data.data_config import load_data_config
-    from polar_data.datamodule import PolarDataModule
+    from polar_data.config.data_config import load_data_config
+    from polar_model.training.datamodule import PolarDataModule
 
     cfg_path = tmp_path / "d.yaml"
     cfg_path.write_text(f"loader:\n  store: {tiny_store}\n  kind: zarr\n  mode: window\n"
@@ -254,7 +254,7 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
         ready["stim"].numpy(), _old_normalised(batch["stim"].numpy(), dm.info))
     assert batch["behavior"].shape[1:] == (W, 2)
     cfg_path.write_text("loader:\n  kind: tar\n")
-    from polar_data.typed_yaml import ConfigError
+    from polar_data.config.typed_yaml import ConfigError
 
     with pytest.raises(ConfigError, match="kind"):
         load_data_config(cfg_path)
@@ -293,7 +293,7 @@ def test_normalised_frames_are_bit_identical_to_the_old_float32(info, arrays, ki
     """uint8 across the process boundary, normalise_stim after it (on CPU or the GPU): the
     model gets exactly the float32 values the loaders used to hand over, computed here from
     the Zarr arrays directly; every other entry of the batch is untouched."""
-    from polar_data.batches import normalise_stim
+    from polar_data.loaders.batches import normalise_stim
 
     if kind == "wds":
         batch = next(iter(ShardStream(info, "train", mode, batch_size=4, shuffle=False,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from polar_data.config.typed_yaml import ConfigError
 from polar_data.demo.population import saccade_gain_curve
-from polar_data.typed_yaml import ConfigError
 from polar_model.config import config_from_dict, load_model_config
 from polar_model.dynamics import PolarDynamics, PolarLevel, polar_level_autograd
 from polar_model.factory import build_model, required_window_len

@@ -15,9 +15,9 @@ import pytest
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
-from polar_data.build import BuildError, resolve_sources
 from polar_data.readers import NwbOptions, read_nwb, source_sha256
-from polar_data.session import SessionError
+from polar_data.sessions.session import SessionError
+from polar_data.store.build import BuildError, resolve_sources
 
 RASTER_HZ = 960.0  # 4 raster bins per 240 Hz bin
 
@@ -132,7 +132,7 @@ def test_a_glob_of_a_split_session_builds_one_session(tmp_path):
     _write(one / "ses.nwb", s)
     assert resolve_sources([str(tmp_path / "split" / "*.nwb")]) == \
         [str(tmp_path / "split" / "ses.nwb")]
-    from polar_data.zarr_store import open_store
+    from polar_data.store.zarr_groups import open_store
 
     groups = []
     for src in (tmp_path / "split" / "*.nwb", one / "ses.nwb"):

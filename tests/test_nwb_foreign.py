@@ -14,7 +14,7 @@ import pytest
 from conftest import build_tiny
 
 from polar_data.readers import NwbOptions, read_nwb, write_nwb
-from polar_data.session import SessionError
+from polar_data.sessions.session import SessionError
 
 RATE = 240.0
 
@@ -109,8 +109,8 @@ def test_build_from_a_foreign_file_round_trips_the_counts(tmp_path, capsys):
     assert "--screen-ppd" in capsys.readouterr().out
     assert build_tiny(tmp_path, [path], out, "--screen-ppd", "20", "--crop-deg", "3",
                       "--crop-px", "21", target_rate_hz=None) == 0
-    from polar_data.manifest import verify
-    from polar_data.zarr_store import open_store
+    from polar_data.store.manifest import verify
+    from polar_data.store.zarr_groups import open_store
 
     assert verify(out) == []
     root = open_store(out / "zarr")

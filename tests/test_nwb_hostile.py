@@ -17,7 +17,7 @@ from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
 from polar_data.readers import NwbOptions, open_session, read_nwb, source_sha256, write_nwb
-from polar_data.session import SessionError
+from polar_data.sessions.session import SessionError
 
 STIM = "stimulus/presentation/gaze_contingent_stim/data"
 GAZE = "processing/behavior/EyeTracking/gaze"
@@ -134,7 +134,7 @@ def test_outside_files_inside_the_folder_need_the_option_and_are_hashed(tmp_path
 
 
 def _plain_sha(path: Path) -> str:
-    from polar_data.checksum import sha256_file
+    from polar_data.store.checksum import sha256_file
 
     return sha256_file(path)
 
@@ -223,7 +223,7 @@ def test_the_chunk_length_counts_against_the_limit(tmp_path):
             _empty_like(f, f"units/{col}", (30_000,), (10_000,))
         del f["processing/misc"]  # the true rates of the 4 units written
     # one trial at a time fits in 0.1 GB, the whole session (the default chunk) does not
-    from polar_data.session_source import session_chunks
+    from polar_data.sessions.session_source import session_chunks
 
     with open_session(path, nwb=NwbOptions(max_memory_gb=0.1)) as src:
         with pytest.raises(SessionError, match="store.ingest_chunk_bins"):

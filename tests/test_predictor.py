@@ -9,10 +9,10 @@ import torch
 from conftest import data_config, train_config
 
 import polar_model
-from polar_data.batches import normalise_stim
+from polar_data.loaders.batches import normalise_stim
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.zarr_windows import ZarrWindows
 from polar_data.readers import read_session
-from polar_data.store_info import StoreInfo
-from polar_data.zarr_windows import ZarrWindows
 
 ROOT = Path(__file__).resolve().parents[1]
 

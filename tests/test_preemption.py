@@ -32,8 +32,8 @@ def _weights(ckpt: Path) -> dict:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_mid_epoch_saves_and_resume_reaches_the_same_weights(tmp_path, tiny_store,
                                                                     monkeypatch, signum):
-    from polar_data.data_config import load_data_config
-    from polar_data.datamodule import PolarDataModule
+    from polar_data.config.data_config import load_data_config
+    from polar_model.training.datamodule import PolarDataModule
 
     data = data_config(tmp_path, tiny_store, batch_size=4)
     per_epoch = len(PolarDataModule(load_data_config(data)).train_dataloader())

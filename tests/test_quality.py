@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from polar_data.store_info import StoreInfo
+from polar_data.loaders.store_info import StoreInfo
 from polar_model.config import load_model_config
 from polar_model.factory import build_model
 from polar_model.losses import masked_poisson_nll
@@ -71,7 +71,7 @@ def test_clip_with_masked_trailing_targets_is_scored_on_its_own_bins(monkeypatch
     store is not): each prediction must still land on its own bin. The prediction is the
     true rate of the bin the model was asked about; it is compared with the store's true rate
     read straight from Zarr at the bins where it was placed."""
-    from polar_data.zarr_windows import ZarrWindows
+    from polar_data.loaders.zarr_windows import ZarrWindows
 
     info = StoreInfo.load(str(small_demo_store))
     name = info.sessions[0]

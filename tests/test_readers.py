@@ -11,7 +11,7 @@ from polar_data.readers import (
     write_dset,
     write_nwb,
 )
-from polar_data.session import SessionError
+from polar_data.sessions.session import SessionError
 
 
 def test_dset_round_trip_with_qcmissing(tmp_path):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from polar_data.render import hold_last_valid, render_crops
+from polar_data.sessions.render import hold_last_valid, render_crops
 
 
 def _dot_image(row, col, shape=(101, 121)):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from helpers import tiny_session
 
-from polar_data.resample import resample
+from polar_data.sessions.resample import resample
 
 
 def test_counts_conserved_and_no_trial_crossing():

@@ -94,7 +94,7 @@ def test_readout_place_and_per_level_sigma():
 def test_placement_reads_the_training_split_only(monkeypatch, small_demo_store):
     """The positions come from training clips only (no look at val or test), and they move
     the readouts of a built model."""
-    from polar_data.store_info import StoreInfo
+    from polar_data.loaders.store_info import StoreInfo
     from polar_model.config import PolarConfig
     from polar_model.factory import build_model
     from polar_model.training import placement
@@ -130,7 +130,7 @@ def test_a_store_without_zarr_keeps_the_readouts_at_the_centre(tmp_path, small_d
     """Shards-only stores (e.g. streamed from object storage) train without placement."""
     import shutil
 
-    from polar_data.store_info import StoreInfo
+    from polar_data.loaders.store_info import StoreInfo
     from polar_model.config import PolarConfig
     from polar_model.factory import build_model
     from polar_model.training.data_glue import spec_of

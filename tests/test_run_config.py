@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polar_data.data_config import DataConfig
-from polar_data.typed_yaml import ConfigError, split_overrides, to_dict
+from polar_data.config.data_config import DataConfig
+from polar_data.config.typed_yaml import ConfigError, split_overrides, to_dict
 from polar_model.config import BaselineConfig, PolarConfig
 from polar_model.training import trainer
 from polar_model.training.run_config import (

@@ -132,7 +132,7 @@ def test_empty_and_truncated_checkpoints_are_named(run, tiny_store, tmp_path, ca
 
 
 def test_the_redaction_rule_keeps_how_to_connect_and_drops_every_credential():
-    from polar_data.storage_options import REDACTED, redact, usable
+    from polar_data.config.storage_options import REDACTED, redact, usable
 
     kept = {"endpoint_url": "http://minio:9000", "anon": False, "profile": "lab",
             "region_name": "eu-west-1", "use_ssl": True, "requester_pays": True,
@@ -307,7 +307,7 @@ def test_an_exception_in_the_loop_saves_a_resumable_last_checkpoint(tmp_path, ti
     ``last.ckpt`` is kept): ``last.ckpt`` resumes at the failed batch."""
     import lightning as L
 
-    from polar_data.zarr_windows import ZarrWindows
+    from polar_data.loaders.zarr_windows import ZarrWindows
     from polar_model.training.lit_module import EncodingModule
 
     real, calls = ZarrWindows.__getitems__, []

@@ -20,15 +20,15 @@ import torch
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
-from polar_data.build_lock import BuildLocked, build_lock
-from polar_data.checksum import sha256_file
-from polar_data.manifest import load_manifest, seal, verify
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.streaming import ShardStream
+from polar_data.loaders.zarr_windows import ZarrWindows
 from polar_data.readers import write_nwb
-from polar_data.safe_names import UnsafeNameError, inside, session_folder_name
 from polar_data.schema import StoreError
-from polar_data.store_info import StoreInfo
-from polar_data.wds_stream import ShardStream
-from polar_data.zarr_windows import ZarrWindows
+from polar_data.store.build_lock import BuildLocked, build_lock
+from polar_data.store.checksum import sha256_file
+from polar_data.store.manifest import load_manifest, seal, verify
+from polar_data.store.safe_names import UnsafeNameError, inside, session_folder_name
 
 
 def _nwb(path: Path, name: str, seed: int = 0) -> Path:
@@ -142,7 +142,7 @@ def test_a_source_removed_from_the_build_leaves_no_stale_group(tmp_path):
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from polar_data.build_lock import build_lock
+    from polar_data.store.build_lock import build_lock
     with build_lock(sys.argv[1], sys.argv[2]):
         print("held", flush=True)
         time.sleep(60)
@@ -340,7 +340,7 @@ def test_settings_do_not_depend_on_how_the_command_was_spelled(tmp_path, tiny_so
 
 
 def test_store_figures_are_exact(tiny_store):
-    from polar_data.zarr_store import open_store
+    from polar_data.store.zarr_groups import open_store
 
     root = open_store(tiny_store / "zarr")
     m = load_manifest(tiny_store)

@@ -7,8 +7,8 @@ import numcodecs
 import numpy as np
 import pytest
 
-from polar_data.wds_shards import decode_clip
-from polar_data.zarr_store import ARRAY_DIMS, open_store
+from polar_data.store.shards import decode_clip
+from polar_data.store.zarr_groups import ARRAY_DIMS, open_store
 
 
 def test_xarray_opens_a_session_group_with_named_dimensions(tiny_store):

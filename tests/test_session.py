@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import tiny_session
 
-from polar_data.session import SessionError
+from polar_data.sessions.session import SessionError
 
 
 def test_tiny_session_is_valid():

@@ -11,8 +11,8 @@ from helpers import load_pipeline
 
 from polar_data.readers import read_session
 from polar_data.schema import SPLITS
-from polar_data.wds_shards import decode_clip
-from polar_data.zarr_store import open_store
+from polar_data.store.shards import decode_clip
+from polar_data.store.zarr_groups import open_store
 
 build_shards = load_pipeline("build_shards")
 
@@ -110,11 +110,11 @@ def test_verify_ok_then_catches_flipped_byte_and_truncated_chunk(tmp_path, sourc
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
-    problems = __import__("polar_data.manifest", fromlist=["verify"]).verify(out)
+    problems = __import__("polar_data.store.manifest", fromlist=["verify"]).verify(out)
     assert any(shard.name in p and "sha256" in p for p in problems), problems
     chunk = sorted((out / "zarr" / "s1" / "stim").glob("c.*"))[0]
     chunk.write_bytes(chunk.read_bytes()[:-10])
-    problems = __import__("polar_data.manifest", fromlist=["verify"]).verify(out)
+    problems = __import__("polar_data.store.manifest", fromlist=["verify"]).verify(out)
     assert any("stim/c." in p and "truncated" in p for p in problems), problems
     assert build_shards.main(["--verify", "--out", str(out), "--no-progress"]) == 1
 
@@ -125,7 +125,7 @@ def _tree(folder):
 
 
 def test_resume_after_crash_is_byte_identical(tmp_path, sources, built, monkeypatch):
-    import polar_data.wds_shards as ws
+    import polar_data.store.shards as ws
 
     out = tmp_path / "store"
     real = ws.write_shard

@@ -18,15 +18,15 @@ import webdataset as wds
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
-from polar_data.checksum import sha256_file
-from polar_data.manifest import load_manifest, seal, verify
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.streaming import ShardStream
+from polar_data.loaders.zarr_windows import ZarrWindows
 from polar_data.readers import write_nwb
-from polar_data.safe_names import session_folder_name
 from polar_data.schema import StoreError
-from polar_data.store_info import StoreInfo
-from polar_data.wds_shards import _from_npy, _npy, sample_digest, tar_end_bytes, tar_sample_parts
-from polar_data.wds_stream import ShardStream
-from polar_data.zarr_windows import ZarrWindows
+from polar_data.store.checksum import sha256_file
+from polar_data.store.manifest import load_manifest, seal, verify
+from polar_data.store.safe_names import session_folder_name
+from polar_data.store.shards import _from_npy, _npy, sample_digest, tar_end_bytes, tar_sample_parts
 
 
 def _nwb(path: Path, name: str, seed: int = 0) -> Path:
@@ -124,7 +124,7 @@ def test_a_killed_worker_fails_only_the_session_it_held(tmp_path, monkeypatch, c
 
 
 def test_an_interrupted_rebuild_is_not_loadable_and_a_rerun_completes(tmp_path, monkeypatch):
-    import polar_data.build as build
+    import polar_data.store.build as build
 
     srcs = _sources(tmp_path)
     out = tmp_path / "out"

@@ -13,8 +13,8 @@ from conftest import build_tiny
 from helpers import assert_sessions_equal, spike_times_from_counts, tiny_session
 
 from polar_data.readers import open_session, read_session, write_dset, write_nwb
-from polar_data.session import SessionError
-from polar_data.session_source import chunk_bounds, concat, session_chunks
+from polar_data.sessions.session import SessionError
+from polar_data.sessions.session_source import chunk_bounds, concat, session_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import data_config, train_config
 
-from polar_data.store_info import StoreInfo
+from polar_data.loaders.store_info import StoreInfo
 from polar_model.training import report as evaluate
 from polar_model.training import trainer as train
 from polar_model.training.evaluation import predict_split, score
@@ -27,8 +27,8 @@ def _losses(run: Path) -> dict[int, float]:
 def _val_nll(module, data_cfg) -> float:
     import lightning as L
 
-    from polar_data.data_config import load_data_config
-    from polar_data.datamodule import PolarDataModule
+    from polar_data.config.data_config import load_data_config
+    from polar_model.training.datamodule import PolarDataModule
 
     dm = PolarDataModule(load_data_config(data_cfg))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
@@ -64,8 +64,8 @@ def test_resume_mid_epoch_reproduces_the_rest_of_the_run(tmp_path, small_demo_st
     data order all resumed exactly."""
     import lightning as L
 
-    from polar_data.data_config import load_data_config
-    from polar_data.datamodule import PolarDataModule
+    from polar_data.config.data_config import load_data_config
+    from polar_model.training.datamodule import PolarDataModule
 
     data = data_config(tmp_path, small_demo_store, batch_size=16)
     per_epoch = len(PolarDataModule(load_data_config(data)).train_dataloader())
@@ -129,7 +129,7 @@ def test_ddp_two_cpu_processes_on_uneven_shards_finish(tmp_path, small_demo_stor
     manifest = json.loads((store / "manifest.json").read_text())
     train_shards = [e for e in manifest["shards"] if e["split"] == "train"]
     if len(train_shards) % 2 == 0:  # make the two ranks' shard counts differ
-        from polar_data.manifest import seal
+        from polar_data.store.manifest import seal
 
         manifest["shards"].remove(train_shards[-1])
         (store / "manifest.json").write_text(json.dumps(seal(manifest)))  # a deliberate edit
@@ -159,8 +159,8 @@ def test_non_finite_loss_fails_loudly_naming_the_session(small_demo_store):
 
     module = EncodingModule.create(load_model_config(ROOT / "configs/model/static.yaml"), spec,
                                    TrainConfig())
-    from polar_data.batches import normalise_stim
-    from polar_data.zarr_windows import ZarrWindows
+    from polar_data.loaders.batches import normalise_stim
+    from polar_data.loaders.zarr_windows import ZarrWindows
 
     batch = normalise_stim(ZarrWindows(info, "train", "clip").__getitems__([0]),
                            info.pixel_mean, info.pixel_std)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import beta as beta_fn
 
-from ..typed_yaml import bounded, check_fields
+from polar_data.config.typed_yaml import bounded, check_fields
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One session = trials of a few seconds, each showing one of scikit-image's bundled natural
 photographs (grayscale) full-screen; simulated marmoset gaze (:mod:`.gaze`) moves a
-gaze-contingent window over it (:mod:`polar_data.render`); a ground-truth V1 population
+gaze-contingent window over it (:mod:`polar_data.sessions.render`); a ground-truth V1 population
 (:mod:`.population`, Gabor simple / energy complex cells, not the Polar-V1 model) responds
 with Poisson spikes. Everything is deterministic per ``(seed, session index)``.
 
@@ -23,13 +23,13 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..readers.dset import mask_to_intervals, write_dset
-from ..readers.nwb import write_nwb
-from ..render import hold_last_valid, render_crops
-from ..session import Provenance, Session
-from ..typed_yaml import SEED_RANGE, FieldError, bounded, check_fields
-from .eye_movements import GazeParams, simulate_gaze
-from .population import PopulationParams, V1Population, sample_spikes
+from polar_data.config.typed_yaml import SEED_RANGE, FieldError, bounded, check_fields
+from polar_data.demo.eye_movements import GazeParams, simulate_gaze
+from polar_data.demo.population import PopulationParams, V1Population, sample_spikes
+from polar_data.readers.dset import mask_to_intervals, write_dset
+from polar_data.readers.nwb import write_nwb
+from polar_data.sessions.render import hold_last_valid, render_crops
+from polar_data.sessions.session import Provenance, Session
 
 MAX_SESSION_FRAMES_GIB = 32  # bound on one demo session's frames (uint8, held whole)
 

@@ -1,14 +1,20 @@
-"""Readers: files on disk -> validated canonical :class:`~polar_data.session.Session`, whole
-(:func:`read_session`) or chunk by chunk (:func:`open_session` + ``session_chunks``)."""
+"""Readers: files on disk -> validated canonical
+:class:`~polar_data.sessions.session.Session`, whole (:func:`read_session`) or chunk by chunk
+(:func:`open_session` + ``session_chunks``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..session import Session
-from ..session_source import SessionSource, concat, resample_factor, session_chunks
-from .dset import UntrustedPickleError, open_dset, read_dset, write_dset
-from .nwb import NwbOptions, open_nwb, read_nwb, source_sha256, write_nwb
+from polar_data.readers.dset import UntrustedPickleError, open_dset, read_dset, write_dset
+from polar_data.readers.nwb import NwbOptions, open_nwb, read_nwb, source_sha256, write_nwb
+from polar_data.sessions.session import Session
+from polar_data.sessions.session_source import (
+    SessionSource,
+    concat,
+    resample_factor,
+    session_chunks,
+)
 
 __all__ = [
     "NwbOptions", "UntrustedPickleError", "open_session", "read_dset", "read_nwb",
@@ -20,8 +26,8 @@ def open_session(path: str | Path, trust_pickle: bool = False, nwb: NwbOptions |
                  sha256: str | None = None) -> SessionSource:
     """Open a ``.dset`` (with ``<stem>.yaml`` beside it, if present) or ``.nwb`` file (a local
     path, or for NWB also an fsspec URL such as ``s3://bucket/x.nwb``) as a
-    :class:`~polar_data.session_source.SessionSource`. ``nwb``: choices and geometry for NWB
-    files that do not record them (:class:`NwbOptions`)."""
+    :class:`~polar_data.sessions.session_source.SessionSource`. ``nwb``: choices and
+    geometry for NWB files that do not record them (:class:`NwbOptions`)."""
     if str(path).endswith(".nwb"):
         return open_nwb(str(path), nwb, sha256=sha256)
     path = Path(path)
@@ -39,7 +45,7 @@ def read_session(
     """Read a whole session (see :func:`open_session`) into memory.
 
     ``target_rate_hz``: if given, downsample within trials to this rate (must divide the
-    session's rate by an integer; see :func:`polar_data.resample.resample`).
+    session's rate by an integer; see :func:`polar_data.sessions.resample.resample`).
     """
     with open_session(path, trust_pickle, nwb) as source:
         factor = resample_factor(source.rate_hz, target_rate_hz, str(path))

@@ -4,7 +4,7 @@ A file's header may declare any size (a chunked dataset costs nothing on disk un
 written), so the NWB reader adds up, before reading data, what each dataset will cost once
 read: arrays read whole (gaze and its times, spike times, the largest screen image decoded to
 float for rendering, raster times) are *held*; frames, counts and validity read chunk by
-chunk cost *per bin* (:class:`polar_data.session_source.ChunkBudget`). The factors below
+chunk cost *per bin* (:class:`polar_data.sessions.session_source.ChunkBudget`). The factors below
 count the copies the reader and the ingestion make of each array (dtype conversions, masks,
 index arrays), rounded up.
 
@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ..session_source import ChunkBudget
+from polar_data.sessions.session_source import ChunkBudget
 
 GB = 1e9
 DEFAULT_CAP_GB = 8.0

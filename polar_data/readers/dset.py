@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..checksum import sha256_file
-from ..filters import segments
-from ..session import Provenance, Session, SessionError
-from ..session_source import SessionSource
-from ..typed_yaml import read_mapping
+from polar_data.config.typed_yaml import read_mapping
+from polar_data.sessions.session import Provenance, Session, SessionError
+from polar_data.sessions.session_source import SessionSource
+from polar_data.sessions.validity import segments
+from polar_data.store.checksum import sha256_file
 
 REQUIRED = ("stim", "robs", "eyepos", "dpi_valid", "trial_inds", "t_bins")
 

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..session import SessionError
+from polar_data.sessions.session import SessionError
 
 EXTERNAL_STORAGE = "external storage"
 EXTERNAL_LINK = "an external link"

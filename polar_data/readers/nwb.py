@@ -39,8 +39,8 @@ What is read, and from where (the README's "NWB" section says the same):
   B. *screen images*: an ``IndexSeries`` showing ``Images`` from ``stimulus_template``
      (``GrayscaleImage`` / ``RGBImage`` / ``RGBAImage``, any sizes), one entry per onset, with
      ``timestamps`` or ``starting_time`` + ``rate``. The reader renders a gaze-contingent crop
-     at every bin (bilinear, sub-pixel; :mod:`polar_data.render`), each image centred on the
-     screen, holding the last valid gaze through tracking loss; before the first onset the
+     at every bin (bilinear, sub-pixel; :mod:`polar_data.sessions.render`), each image centred
+     on the screen, holding the last valid gaze through tracking loss; before the first onset the
      screen shows ``fill`` (grey 127).
   RGB is turned into luminance (``skimage.color.rgb2gray``); float images in ``[0, 1]`` are
   scaled to ``0..255``; every frame is stored as uint8.
@@ -79,7 +79,7 @@ times, trials, spike times, the largest screen image decoded to float; per bin o
 frames, rendered crops, counts ``[T, N]``, raster rows, true rates) and refuses past
 ``nwb.max_memory_gb`` (default: the smaller of 8 GB and half the physical memory), naming the
 dataset, its declared shape and the option (:mod:`polar_data.readers.budget`); the chunk
-length is checked by :func:`polar_data.session_source.session_chunks`.
+length is checked by :func:`polar_data.sessions.session_source.session_chunks`.
 """
 
 from __future__ import annotations
@@ -93,14 +93,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checksum import sha256_bytes, sha256_file
-from ..render import hold_last_valid, render_crops
-from ..session import Provenance, Session, SessionError
-from ..session_source import SessionSource, chunk_bounds
-from ..typed_yaml import bounded, check_fields
-from .budget import UNIT_BIN_BYTES, Estimate, label
-from .dset import bins_in_intervals, mask_to_intervals, median_rate
-from .hdf5_safety import scan_file
+from polar_data.config.typed_yaml import bounded, check_fields
+from polar_data.readers.budget import UNIT_BIN_BYTES, Estimate, label
+from polar_data.readers.dset import bins_in_intervals, mask_to_intervals, median_rate
+from polar_data.readers.hdf5_safety import scan_file
+from polar_data.sessions.render import hold_last_valid, render_crops
+from polar_data.sessions.session import Provenance, Session, SessionError
+from polar_data.sessions.session_source import SessionSource, chunk_bounds
+from polar_data.store.checksum import sha256_bytes, sha256_file
 
 CROPS_NAME = "gaze_contingent_stim"
 PRESENTATION_NAME = "stimulus_presentation"

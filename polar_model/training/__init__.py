@@ -12,7 +12,7 @@
   (``pipelines/evaluate.py``); :mod:`.runs` - reading a run folder's logged curves.
 
 Nothing outside this package in ``polar_model`` imports ``polar_data`` (except the generic
-YAML -> dataclass loader :mod:`polar_data.typed_yaml`; ``tests/test_layers.py``).
+YAML -> dataclass loader :mod:`polar_data.config.typed_yaml`; ``tests/test_layers.py``).
 """
 
 from pathlib import Path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .data_glue import store_differences
+from polar_model.training.data_glue import store_differences
 
 DATA_FACTS = "data_facts"
 # what torch.load raises on bytes that are not a checkpoint (truncated zip, garbage pickle)
@@ -74,7 +74,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_module(path: str | Path, ckpt: dict | None = None):
     """The :class:`.lit_module.EncodingModule` of a checkpoint (CPU, eval mode), after
     :func:`read_checkpoint` has checked the file (``ckpt``: its result, if already read)."""
-    from .lit_module import EncodingModule
+    from polar_model.training.lit_module import EncodingModule
 
     if ckpt is None:
         read_checkpoint(path)

@@ -9,12 +9,11 @@ import json
 
 import fsspec
 
-from polar_data.checksum import sha256_bytes
-from polar_data.manifest import SEAL, load_manifest
-from polar_data.store_info import StoreInfo, join
-
-from ..factory import check_window_len
-from ..spec import DataSpec
+from polar_data.loaders.store_info import StoreInfo, join
+from polar_data.store.checksum import sha256_bytes
+from polar_data.store.manifest import SEAL, load_manifest
+from polar_model.factory import check_window_len
+from polar_model.spec import DataSpec
 
 
 def spec_of(info: StoreInfo) -> DataSpec:

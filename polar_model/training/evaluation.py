@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from polar_data.batches import DFS, END, TRUE_RATE, Batch, normalise_stim, session_of
-from polar_data.store_info import StoreInfo
-from polar_data.zarr_windows import every_clip
-
-from ..metrics import bits_per_spike, oracle_bps, summarize_bps
+from polar_data.loaders.batches import DFS, END, TRUE_RATE, Batch, normalise_stim, session_of
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.zarr_windows import every_clip
+from polar_model.metrics import bits_per_spike, oracle_bps, summarize_bps
 
 
 @dataclass
@@ -44,11 +43,11 @@ class SessionPredictions:
 def predict_split(predict: Callable[[Batch], torch.Tensor], info: StoreInfo, split: str,
                   batch_size: int = 8, progress: bool = False) -> list[SessionPredictions]:
     """Run ``predict(batch) -> log expected counts [B, L, N]`` over every clip of ``split``;
-    ``batch`` has normalised float32 frames (:func:`polar_data.batches.normalise_stim` with
+    ``batch`` has normalised float32 frames (:func:`polar_data.loaders.batches.normalise_stim` with
     the store's pixel statistics), as ``EncodingModule.forward`` takes them."""
     from tqdm.auto import tqdm
 
-    from polar_data.zarr_store import open_store
+    from polar_data.store.zarr_groups import open_store
 
     root = open_store(f"{info.base}/zarr")
     ds, batches, loader = every_clip(info, split, batch_size)

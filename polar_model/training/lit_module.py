@@ -1,8 +1,8 @@
 """Lightning module: any model config, masked Poisson NLL (+ lambda_jepa x JEPA), BPS logging.
 
-Batches follow :mod:`polar_data.batches` (window or clip mode, one session per batch). Loaders
-hand over uint8 frames; ``PolarDataModule.on_after_batch_transfer`` normalises them
-(:func:`polar_data.batches.normalise_stim`, the store's pixel statistics) once Lightning has
+Batches follow :mod:`polar_data.loaders.batches` (window or clip mode, one session per
+batch). Loaders hand over uint8 frames; ``PolarDataModule.on_after_batch_transfer`` normalises them
+(:func:`polar_data.loaders.batches.normalise_stim`, the store's pixel statistics) once Lightning has
 moved the batch to the module's device, so ``forward`` / ``training_step`` see float32 frames.
 The JEPA teacher is updated by EMA after each optimizer step (never inside forward).
 A non-finite loss raises ``FloatingPointError`` naming the batch's session: never skipped.
@@ -17,15 +17,24 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from polar_data.batches import BEHAVIOR, DFS, END, ROBS, STIM, TRUE_RATE, Batch, as_clip, session_of
-from polar_data.typed_yaml import from_dict, to_dict
-
-from ..config import config_from_dict
-from ..factory import build_model
-from ..losses import masked_poisson_nll
-from ..metrics import BPSAccumulator
-from ..spec import DataSpec
-from .run_config import TrainConfig
+from polar_data.config.typed_yaml import from_dict, to_dict
+from polar_data.loaders.batches import (
+    BEHAVIOR,
+    DFS,
+    END,
+    ROBS,
+    STIM,
+    TRUE_RATE,
+    Batch,
+    as_clip,
+    session_of,
+)
+from polar_model.config import config_from_dict
+from polar_model.factory import build_model
+from polar_model.losses import masked_poisson_nll
+from polar_model.metrics import BPSAccumulator
+from polar_model.spec import DataSpec
+from polar_model.training.run_config import TrainConfig
 
 
 def _grad_norm(loss: torch.Tensor, params: list) -> float:
@@ -71,11 +80,11 @@ class EncodingModule(L.LightningModule):
                    None if run_config is None else to_dict(run_config))
 
     def forward(self, batch: Batch):
-        """``batch`` with normalised frames (:func:`polar_data.batches.normalise_stim`)."""
+        """``batch`` with normalised frames (:func:`polar_data.loaders.batches.normalise_stim`)."""
         if batch[STIM].dtype == torch.uint8:
             raise TypeError("forward takes normalised float frames; a loader batch (uint8) "
-                            "goes through polar_data.batches.normalise_stim first (fit with "
-                            "PolarDataModule, which does it after the device transfer)")
+                            "goes through polar_data.loaders.batches.normalise_stim first "
+                            "(fit with PolarDataModule, which does it after the device transfer)")
         return self.model(batch[STIM], batch[BEHAVIOR], session_of(batch))
 
     @staticmethod

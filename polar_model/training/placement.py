@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-from polar_data.batches import DFS, ROBS, STIM, normalise_stim, session_of
-from polar_data.store_info import StoreInfo
-from polar_data.zarr_windows import every_clip
-
-from ..rf_maps import RFMapper
+from polar_data.loaders.batches import DFS, ROBS, STIM, normalise_stim, session_of
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.zarr_windows import every_clip
+from polar_model.rf_maps import RFMapper
 
 # RF positions of stores mapped in this process, keyed by the store and its Zarr files'
 # hashes: a run of many trainings on one store (bench_experiment) maps it once.

@@ -14,9 +14,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from polar_data.batches import normalise_stim
-
-from .checkpoints import DATA_FACTS, CheckpointError, load_module, read_checkpoint
+from polar_data.loaders.batches import normalise_stim
+from polar_model.training.checkpoints import (
+    DATA_FACTS,
+    CheckpointError,
+    load_module,
+    read_checkpoint,
+)
 
 
 class Predictor:

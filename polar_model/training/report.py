@@ -38,25 +38,24 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from polar_data.data_config import load_data_config  # noqa: E402
+from polar_data.config.data_config import load_data_config  # noqa: E402
+from polar_data.config.storage_options import redact_config, usable_config  # noqa: E402
+from polar_data.config.typed_yaml import ConfigError, override, split_overrides, to_yaml  # noqa: E402
 from polar_data.demo.population import PopulationParams, saccade_gain_curve  # noqa: E402
+from polar_data.loaders.store_info import StoreInfo  # noqa: E402
 from polar_data.schema import StoreError  # noqa: E402
-from polar_data.storage_options import redact_config, usable_config  # noqa: E402
-from polar_data.store_info import StoreInfo  # noqa: E402
-from polar_data.typed_yaml import ConfigError, override, split_overrides, to_yaml  # noqa: E402
-from polar_data.zarr_store import open_store  # noqa: E402
-
-from . import REPO  # noqa: E402
-from .checkpoints import (  # noqa: E402
+from polar_data.store.zarr_groups import open_store  # noqa: E402
+from polar_model.training import REPO  # noqa: E402
+from polar_model.training.checkpoints import (  # noqa: E402
     CheckpointError,
     check_same_store,
     load_module,
     read_checkpoint,
 )
-from .data_glue import data_facts, store_identity  # noqa: E402
-from .evaluation import predict_split, score  # noqa: E402
-from .lit_module import EncodingModule  # noqa: E402
-from .run_config import DATA_SECTIONS  # noqa: E402
+from polar_model.training.data_glue import data_facts, store_identity  # noqa: E402
+from polar_model.training.evaluation import predict_split, score  # noqa: E402
+from polar_model.training.lit_module import EncodingModule  # noqa: E402
+from polar_model.training.run_config import DATA_SECTIONS  # noqa: E402
 
 ROOT = REPO
 SPLITS = ("val", "test")

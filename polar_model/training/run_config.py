@@ -19,13 +19,13 @@ whole tree shows (a check across keys) names the files and flags that made that 
 
 The trainer saves the tree whole into ``<run>/config.yaml`` and into every checkpoint
 (hyperparameter ``run_config``), storage-option secrets redacted
-(:mod:`polar_data.storage_options`); ``--config <run>/config.yaml`` loads it back unchanged
+(:mod:`polar_data.config.storage_options`); ``--config <run>/config.yaml`` loads it back unchanged
 but for those, which then come from the environment or a named profile.
 
 Why not jsonargparse: it reads dataclasses and gives dotted overrides, but it treats a union of
 dataclasses as subclass types (``class_path`` / ``init_args``), so our model YAMLs (``kind:``)
 would not load as they are, ``--model FILE`` is refused for the union, and its errors do not
-name the file. This module is a thin layer on the typed loader :mod:`polar_data.typed_yaml`.
+name the file. This module is a thin layer on the typed loader :mod:`polar_data.config.typed_yaml`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Literal, get_args
 
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 
-from polar_data.data_config import DATA_SECTIONS, DataConfig
-from polar_data.typed_yaml import (
+from polar_data.config.data_config import DATA_SECTIONS, DataConfig
+from polar_data.config.typed_yaml import (
     SEED_RANGE,
     ConfigError,
     apply_overrides,
@@ -49,8 +49,7 @@ from polar_data.typed_yaml import (
     to_dict,
     to_yaml,
 )
-
-from ..config import ModelConfig, PolarConfig, config_from_dict
+from polar_model.config import ModelConfig, PolarConfig, config_from_dict
 
 # The precisions Lightning's Trainer accepts ("32-true", "bf16-mixed", "16", 32, ...): its own
 # Literal, so the list follows the installed Lightning.
@@ -98,8 +97,9 @@ def load_run_config(config: str | Path | None = None, data: str | Path | None = 
                     overrides=()) -> RunConfig:
     """The run's config tree (see the module docstring for precedence and errors).
 
-    ``overrides``: ``[(dotted key, text), ...]`` as :func:`polar_data.typed_yaml.split_overrides`
-    returns them, e.g. ``[("model.n_pairs", "12")]``.
+    ``overrides``: ``[(dotted key, text), ...]`` as
+    :func:`polar_data.config.typed_yaml.split_overrides` returns them, e.g.
+    ``[("model.n_pairs", "12")]``.
     """
     tree: dict = {}
     origin: dict[str, list[str]] = {}  # section -> where its values came from

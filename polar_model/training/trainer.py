@@ -65,20 +65,36 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from polar_data.build_lock import LOCK_NAME, BuildLocked, folder_lock
-from polar_data.datamodule import PolarDataModule
+from polar_data.config.storage_options import config_secrets, redact_config, usable_config
+from polar_data.config.typed_yaml import ConfigError, split_overrides, to_yaml
 from polar_data.schema import StoreError
-from polar_data.storage_options import config_secrets, redact_config, usable_config
-from polar_data.typed_yaml import ConfigError, split_overrides, to_yaml
-
-from . import REPO
-from .checkpoints import DATA_FACTS, check_same_store, check_shapes, read_checkpoint
-from .data_glue import check_window, data_facts, identity_of, spec_of, store_identity
-from .lit_module import EncodingModule
-from .placement import place_readouts
-from .predictor import SaveDataFacts
-from .preemption import SaveLast, ValidateAtEnd
-from .run_config import SECTIONS, RunConfig, TrainConfig, load_run_config, write_run_config
+from polar_data.store.build_lock import LOCK_NAME, BuildLocked, folder_lock
+from polar_model.training import REPO
+from polar_model.training.checkpoints import (
+    DATA_FACTS,
+    check_same_store,
+    check_shapes,
+    read_checkpoint,
+)
+from polar_model.training.data_glue import (
+    check_window,
+    data_facts,
+    identity_of,
+    spec_of,
+    store_identity,
+)
+from polar_model.training.datamodule import PolarDataModule
+from polar_model.training.lit_module import EncodingModule
+from polar_model.training.placement import place_readouts
+from polar_model.training.predictor import SaveDataFacts
+from polar_model.training.preemption import SaveLast, ValidateAtEnd
+from polar_model.training.run_config import (
+    SECTIONS,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+    write_run_config,
+)
 
 RUN_LOCK = LOCK_NAME + ".train"  # <run>/.build.lock.train: one training per run folder
 
@@ -129,7 +145,7 @@ def resolve_config(a, overrides) -> RunConfig:
 @contextmanager
 def run_folder_lock(out: Path):
     """Hold ``out`` for this training (global rank 0 only: the other ranks of a DDP job are
-    this run); raises :class:`polar_data.build_lock.BuildLocked` naming the folder and the
+    this run); raises :class:`polar_data.store.build_lock.BuildLocked` naming the folder and the
     process that holds it. The kernel drops the lock when the holder dies."""
     if rank_zero_only.rank != 0:
         yield

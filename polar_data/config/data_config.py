@@ -1,7 +1,7 @@
 """The data configuration (``configs/data/*.yaml``): which sessions, how to store them, how to
 load them. Plain YAML mapped onto these dataclasses; unknown keys are errors naming the key.
 
-Every number has a declared range (:func:`polar_data.typed_yaml.bounded`): sizes are bounded
+Every number has a declared range (:func:`polar_data.config.typed_yaml.bounded`): sizes are bounded
 generously but finitely, as each sizes an allocation (frames are uint8 ``H x W``; the demo's
 51 x 51 crops are 2.6 kB a frame), so a typo cannot ask for terabytes."""
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .demo.generate import DemoConfig
-from .readers.nwb import NwbOptions
-from .schema import SPLITS
-from .typed_yaml import SEED_RANGE, FieldError, bounded, check_fields, load_config
+from polar_data.config.typed_yaml import SEED_RANGE, FieldError, bounded, check_fields, load_config
+from polar_data.demo.generate import DemoConfig
+from polar_data.readers.nwb import NwbOptions
+from polar_data.schema import SPLITS
 
 DEFAULT_WINDOW_LEN = 16
 
@@ -54,7 +54,7 @@ class StoreConfig:
 
 @dataclass
 class LoaderConfig:
-    """How the DataModule reads a store (see polar_data.batches for the batch layout)."""
+    """How the DataModule reads a store (see polar_data.loaders.batches for the batch layout)."""
 
     store: str | None = None          # folder or URL (s3://...) of a built store; None: out_dir
     kind: Literal["wds", "zarr"] = "wds"  # streaming shards or random access

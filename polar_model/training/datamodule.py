@@ -5,11 +5,11 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from .batches import Batch, normalise_stim
-from .data_config import DataConfig
-from .store_info import StoreInfo
-from .wds_stream import ShardStream
-from .zarr_windows import LocalityBatchSampler, ZarrWindows, identity
+from polar_data.config.data_config import DataConfig
+from polar_data.loaders.batches import Batch, normalise_stim
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.loaders.streaming import ShardStream
+from polar_data.loaders.zarr_windows import LocalityBatchSampler, ZarrWindows, identity
 
 
 class PolarDataModule(L.LightningDataModule):

@@ -23,15 +23,15 @@ Safety (see the README's "Safety" section):
 * what is done is keyed by content: a session is skipped only if its source's sha256 is the
   one it was ingested from, and a shard only if the sources of every clip in it are unchanged,
   so a source changed in place is re-ingested and every shard holding it rewritten;
-* a session's folder name comes from :func:`polar_data.safe_names.session_folder_name`, and
+* a session's folder name comes from :func:`polar_data.store.safe_names.session_folder_name`, and
   every path is checked to lie inside the output folder before anything is deleted or written;
-* one writer per output folder (:mod:`polar_data.build_lock`);
+* one writer per output folder (:mod:`polar_data.store.build_lock`);
 * the build owns only what it wrote: an existing non-empty folder that is not one of its
   stores (no ``build.json``) is refused; inside a store only what the manifest or the
   build's records (``parts/``) name is ever removed or replaced, anything else is left alone
   (and counted once, :func:`unowned_files`);
 * rebuilds are atomic for readers: the manifest is withdrawn (renamed, see
-  :func:`polar_data.manifest.withdraw`) before the first file it names changes, and written
+  :func:`polar_data.store.manifest.withdraw`) before the first file it names changes, and written
   again only at the end of ``finalize``; a re-run that changes nothing leaves it in place;
 * any exception while ingesting a session is reported with the session's file, and the other
   sessions complete; so is a worker process that dies (e.g. killed by the out-of-memory
@@ -58,10 +58,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .build_lock import LOCK_NAME
-from .checksum import default_threads, sha256_bytes, sha256_file
-from .data_config import DEFAULT_WINDOW_LEN, DataConfig
-from .manifest import (
+from polar_data.config.data_config import DEFAULT_WINDOW_LEN, DataConfig
+from polar_data.config.storage_options import without_storage_options
+from polar_data.config.typed_yaml import to_dict
+from polar_data.schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
+from polar_data.sessions.session_source import chunk_bounds
+from polar_data.store.build_lock import LOCK_NAME
+from polar_data.store.checksum import default_threads, sha256_bytes, sha256_file
+from polar_data.store.manifest import (
     MANIFEST,
     WITHDRAWN,
     last_manifest,
@@ -70,12 +74,8 @@ from .manifest import (
     withdraw,
     write_json_atomic,
 )
-from .safe_names import inside, session_folder_name
-from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS
-from .session_source import chunk_bounds
-from .storage_options import without_storage_options
-from .typed_yaml import to_dict
-from .zarr_store import open_root, stats_from_sums
+from polar_data.store.safe_names import inside, session_folder_name
+from polar_data.store.zarr_groups import open_root, stats_from_sums
 
 STAGES = ("ingest", "shards", "finalize")
 _COMMIT = threading.Lock()  # sessions ingested side by side replace final folders one by one
@@ -138,7 +138,7 @@ def resolve_sources(patterns: list[str]) -> list[str]:
     (:func:`polar_data.readers.nwb.session_files`). So a companion listed with its core is
     dropped here; one listed without its core is refused when the core is beside it (give the
     core), else kept as a session of its own (a file that happens to end in ``_image``)."""
-    from .readers.nwb import companion_core
+    from polar_data.readers.nwb import companion_core
 
     out = []
     for pat in patterns:
@@ -241,7 +241,7 @@ def check_settings(out_dir: Path, wanted: dict) -> None:
 
 
 def _demo_one(cfg: DataConfig, index: int, folder: str) -> str:
-    from .demo.generate import generate_session, natural_images, write_demo_session
+    from polar_data.demo.generate import generate_session, natural_images, write_demo_session
 
     images = natural_images()
     scratch = Path(folder) / f".scratch-{index:02d}"  # frames memory-mapped, not held
@@ -299,9 +299,9 @@ def ingest_one(source: str, cfg: DataConfig, window_len: int, out_dir: str,
     ``threads``: compression threads (default: one per core). The session's record in
     ``parts/`` lists the bytes and sha256 of its frame chunk files, hashed as they were
     written, for the manifest."""
-    from .readers import open_session, source_sha256
-    from .session_source import resample_factor, session_chunks
-    from .zarr_store import write_session_group
+    from polar_data.readers import open_session, source_sha256
+    from polar_data.sessions.session_source import resample_factor, session_chunks
+    from polar_data.store.zarr_groups import write_session_group
 
     t0 = time.perf_counter()
     src, out = str(source), Path(out_dir)
@@ -442,7 +442,7 @@ def _shard_inputs(rows, names: list[str], digests: dict[str, str], window_len: i
 
 def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
                inputs: str, threads: int | None = None, readers: dict | None = None) -> dict:
-    from .wds_shards import write_shard
+    from polar_data.store.shards import write_shard
 
     out = Path(out_dir)
     withdraw(out)  # this shard changes: no loader may take the store for finished
@@ -456,7 +456,7 @@ def _shard_one(out_dir: str, name: str, rows, window_len: int, names: list[str],
 
 def shard_plan(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int):
     """(session names, {name: source sha256}, [(shard name, rows, content key), ...])."""
-    from .wds_shards import clip_table, plan_shards
+    from polar_data.store.shards import clip_table, plan_shards
 
     digests = _ingested(out_dir, sources)
     names = list(digests)
@@ -671,7 +671,7 @@ def finalize(out_dir: Path, sources: list[str], cfg: DataConfig, window_len: int
 
 
 def _zarr_file_table(out_dir: Path, sources: list[str]) -> dict[str, dict]:
-    """:func:`polar_data.manifest.file_table` of the store's own files in ``zarr/`` (the
+    """:func:`polar_data.store.manifest.file_table` of the store's own files in ``zarr/`` (the
     root's metadata and the session groups of ``sources``; anything else there was not
     written by the build), taking the sha256 of each frame chunk file from its session's
     ingest record (hashed as it was written) while the file still has the recorded size;
@@ -705,7 +705,7 @@ def build_store(cfg: DataConfig, sources: list[str], window_len: int | None = No
     """Every stage in one call, holding the output folder's lock: ingest ``sources`` into
     ``cfg.store.out_dir``, write the shards and the manifest; returns the manifest. A failed
     session raises BuildError naming it (the command line reports it instead)."""
-    from .build_lock import build_lock
+    from polar_data.store.build_lock import build_lock
 
     out = Path(cfg.store.out_dir)
     window_len = window_len or resolve_window_len(cfg)

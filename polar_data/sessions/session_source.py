@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .resample import resample, resample_firsts
-from .session import Provenance, Session, SessionError, check_bin_grid
+from polar_data.sessions.resample import resample, resample_firsts
+from polar_data.sessions.session import Provenance, Session, SessionError, check_bin_grid
 
 DEFAULT_CHUNK_BINS = 4096  # source bins per chunk (whole trials; a longer trial is one chunk)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .filters import segments
+from polar_data.sessions.validity import segments
 
 
 def cut_clips(valid_ends: np.ndarray, clip_len: int) -> np.ndarray:

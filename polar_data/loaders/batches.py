@@ -1,7 +1,7 @@
 """The batch layout: one typed definition that every loader produces and the trainer,
 evaluation and prediction consume (:class:`Batch`, built by :func:`collate` from
 :class:`Sample` items made by :func:`sample`). The bytes and names on disk are the store's
-(``polar_data.zarr_store``, ``polar_data.wds_shards``); this is what crosses from loader
+(``polar_data.store.zarr_groups``, ``polar_data.store.shards``); this is what crosses from loader
 workers to the training process.
 
 Frames stay **uint8** (the stored pixel values) up to the training process: a float32 batch

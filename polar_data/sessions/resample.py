@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .session import Session, SessionError
+from polar_data.sessions.session import Session, SessionError
 
 
 def resample_firsts(trial: np.ndarray, factor: int) -> np.ndarray:

@@ -136,7 +136,7 @@ def check_fields(obj: Any) -> None:
 def check_name(key: str, value: str) -> None:
     """FieldError unless ``value`` can name a folder by itself: e.g. a run folder
     ``runs/<name>``, which a name like ``../x`` would leave. The safe names of
-    :mod:`polar_data.safe_names` (letters, digits and ``._-``, starting with a letter or
+    :mod:`polar_data.store.safe_names` (letters, digits and ``._-``, starting with a letter or
     digit, no ``..``, at most 64 characters; not imported: the model layer may import this
     module only)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:

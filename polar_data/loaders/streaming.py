@@ -34,16 +34,16 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .batches import SESSION, clip_items, collate, windows_from_clip
-from .schema import StoreError
-from .store_info import StoreInfo
-from .wds_shards import decode_clip, sample_digest
+from polar_data.loaders.batches import SESSION, clip_items, collate, windows_from_clip
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.schema import StoreError
+from polar_data.store.shards import decode_clip, sample_digest
 
 
 def checked_samples(raw_samples: Iterator[dict], url: str, entry: dict,
                     verify: bool = True) -> Iterator[dict]:
     """Pass on each raw sample of shard ``url`` only after its bytes match the manifest's
-    ``sample_sha256`` (:func:`polar_data.wds_shards.sample_digest`) and its key is the next
+    ``sample_sha256`` (:func:`polar_data.store.shards.sample_digest`) and its key is the next
     one of the manifest's sample list (``samples``, in shard order; a store without it: no
     key twice); at the end, check that the shard held exactly the manifest's samples. Raises
     StoreError naming shard and sample, so nothing unverified ever reaches a batch and no
@@ -80,7 +80,7 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 class ShardStream(IterableDataset):
-    """Batches (see :mod:`polar_data.batches`) streamed from the shards of one split.
+    """Batches (see :mod:`polar_data.loaders.batches`) streamed from the shards of one split.
 
     Args:
         info: the store (``StoreInfo.load(base)``).

@@ -1,9 +1,9 @@
 """WebDataset tar shards of clips, for streaming on clusters.
 
-Each sample is one clip (see :mod:`polar_data.clips`): ``n`` target bins (``n <= clip_len``)
-plus the ``window_len - 1`` bins of history before them, ``S = window_len - 1 + n`` bins in
-all, oldest first. Members of a sample (key ``<session index>_<first target bin>``); every
-array is a ``.npy`` file (numpy's format, header included) compressed with zstd, so plain
+Each sample is one clip (see :mod:`polar_data.sessions.clips`): ``n`` target bins
+(``n <= clip_len``) plus the ``window_len - 1`` bins of history before them,
+``S = window_len - 1 + n`` bins in all, oldest first. Members of a sample (key
+``<session index>_<first target bin>``); every array is a ``.npy`` file (numpy's format, header included) compressed with zstd, so plain
 tools decode it (``zstd -d``, or ``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``,
 numcodecs >= 0.16.4: ``stim`` is several zstd frames one after the other, the Zarr store's
 own compressed chunks reused where a whole chunk lies in the clip):
@@ -36,9 +36,9 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 
-from .checksum import HashingWriter, default_threads
-from .chunk_files import ChunkFiles
-from .schema import SPLITS, StoreError
+from polar_data.schema import SPLITS, StoreError
+from polar_data.store.checksum import HashingWriter, default_threads
+from polar_data.store.chunk_files import ChunkFiles
 
 _ZSTD_LEVEL = 3
 # the rows of a clip outside whole Zarr chunks (a quarter of a clip's frames on average):

@@ -26,8 +26,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from .checksum import sha256_bytes, sha256_file
-from .schema import SPLITS, StoreError, check_schema
+from polar_data.schema import SPLITS, StoreError, check_schema
+from polar_data.store.checksum import sha256_bytes, sha256_file
 
 MANIFEST = "manifest.json"
 WITHDRAWN = MANIFEST + ".withdrawn"  # the old manifest while a rebuild changes its files
@@ -233,9 +233,9 @@ def _verify_figures(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
     """Recompute every per-session and store-wide figure from the Zarr data."""
     from tqdm.auto import tqdm
 
-    from .clips import cut_clips
-    from .filters import valid_window_ends
-    from .zarr_store import (
+    from polar_data.sessions.clips import cut_clips
+    from polar_data.sessions.validity import valid_window_ends
+    from polar_data.store.zarr_groups import (
         open_store,
         pixel_stats,
         read_session_group,
@@ -355,15 +355,15 @@ def _verify_shards(out_dir: Path, manifest: dict, progress: bool) -> list[str]:
 
 
 class _GroupReaders:
-    """The Zarr store's session groups, each opened once (:class:`~polar_data.wds_shards.
+    """The Zarr store's session groups, each opened once (:class:`~polar_data.store.shards.
     GroupReader`), for comparing shard samples with the rows they were cut from."""
 
     def __init__(self, zarr_dir: Path):
         self.zarr_dir, self.root, self.groups = zarr_dir, None, {}
 
     def __getitem__(self, name: str):
-        from .wds_shards import GroupReader
-        from .zarr_store import open_store
+        from polar_data.store.shards import GroupReader
+        from polar_data.store.zarr_groups import open_store
 
         if name not in self.groups:
             try:  # a damaged store is reported by the checks of its files and figures
@@ -403,7 +403,7 @@ def _check_shard_figures(path: Path, entry: dict, manifest: dict,
     ``readers``) its arrays against the Zarr group's rows."""
     import webdataset as wds
 
-    from .wds_shards import decode_clip, sample_digest
+    from polar_data.store.shards import decode_clip, sample_digest
 
     problems = []
     n = targets = 0

@@ -11,14 +11,14 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 
-from .schema import StoreError
+from polar_data.schema import StoreError
 
 
 class ChunkFiles:
     """Rows ``a .. b-1`` of an array of a session group read from its chunk files directly
     (``numcodecs`` zstd, which releases the GIL): the values of ``array[a:b]`` without
     Zarr's per-call machinery (see the module docstring). Only for the layout
-    :func:`polar_data.zarr_store.write_session_group` writes on a local disk: chunked along
+    :func:`polar_data.store.zarr_groups.write_session_group` writes on a local disk: chunked along
     the first axis only, ``bytes`` (little-endian) +
     ``zstd`` codecs, default chunk keys; :meth:`of` returns None for anything else (read
     through Zarr then). A missing chunk file reads as the fill value, as in Zarr (Zarr stores

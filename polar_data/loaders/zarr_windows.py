@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batches import Batch, collate, pad_clip, sample
-from .chunk_files import ChunkFiles
-from .manifest import check_chunk_files
-from .schema import SPLITS
-from .store_info import StoreInfo, StoreWatch
-from .wds_stream import dist_rank_world
-from .zarr_store import open_store
+from polar_data.loaders.batches import Batch, collate, pad_clip, sample
+from polar_data.loaders.store_info import StoreInfo, StoreWatch
+from polar_data.loaders.streaming import dist_rank_world
+from polar_data.schema import SPLITS
+from polar_data.store.chunk_files import ChunkFiles
+from polar_data.store.manifest import check_chunk_files
+from polar_data.store.zarr_groups import open_store
 
 
 def identity(x):
@@ -37,7 +37,7 @@ class ChunkCache:
     """Decoded Zarr chunks (along time) of one worker, least recently used dropped first
     beyond ``max_mb``. Neighbouring windows and the batches of one pooled block share chunks,
     so each is decoded about once per epoch instead of once per batch. Chunks are read from
-    their files directly where the layout allows (:class:`~polar_data.chunk_files.
+    their files directly where the layout allows (:class:`~polar_data.store.chunk_files.
     ChunkFiles`: a third of the time of a read through Zarr), else through Zarr.
 
     ``listed``: the manifest's file table (a listed chunk file that is missing is an error,
@@ -84,7 +84,7 @@ class ZarrWindows(Dataset):
     file of the store is checked to exist with its manifest size (``verify_chunks``: and its
     sha256); a missing or truncated chunk raises StoreError naming array and chunk. After
     that, each batch, once read (or when its reading fails), checks that the store is still
-    the build that was opened (:class:`~polar_data.store_info.StoreWatch`: one ``stat`` per
+    the build that was opened (:class:`~polar_data.loaders.store_info.StoreWatch`: one ``stat`` per
     batch, and every read of the batch happened before it), and a listed chunk file gone
     missing is not read as fill values: either raises StoreError naming the store or file.
     """
@@ -148,7 +148,7 @@ class ZarrWindows(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> Batch:
-        """One batch (see :mod:`polar_data.batches`); all indices must share a session.
+        """One batch (see :mod:`polar_data.loaders.batches`); all indices must share a session.
         Raises StoreError if the store changed while it was read (see the class)."""
         try:
             batch = self._batch(indices)

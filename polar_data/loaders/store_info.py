@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import MANIFEST, SEAL, load_manifest
-from .schema import SPLITS, StoreError
+from polar_data.schema import SPLITS, StoreError
+from polar_data.store.manifest import MANIFEST, SEAL, load_manifest
 
 
 def join(base: str, name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .session import Session
+from polar_data.sessions.session import Session
 
 
 def window_valid(session: Session, window_len: int) -> np.ndarray:

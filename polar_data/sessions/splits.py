@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schema import SPLITS
+from polar_data.schema import SPLITS
 
 
 def assign_trials(trial_ids: np.ndarray, fractions: dict[str, float], seed: int,

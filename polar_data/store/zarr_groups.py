@@ -32,12 +32,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
-from .checksum import default_threads
-from .clips import cut_clips
-from .filters import unit_filter, window_valid
-from .schema import CONVENTIONS, SCHEMA_VERSION, SPLITS, StoreError, check_schema
-from .session import Session, SessionError
-from .splits import assign_trials
+from polar_data.schema import CONVENTIONS, SCHEMA_VERSION, SPLITS, StoreError, check_schema
+from polar_data.sessions.clips import cut_clips
+from polar_data.sessions.session import Session, SessionError
+from polar_data.sessions.splits import assign_trials
+from polar_data.sessions.validity import unit_filter, window_valid
+from polar_data.store.checksum import default_threads
 
 # dimension names (Zarr v3 ``dimension_names``, read by xarray) and units of every array
 ARRAY_DIMS = {
