@@ -29,21 +29,19 @@ from polar_data.config.data_config import DATA_SECTIONS, load_data_config
 from polar_data.config.storage_options import redact_config
 from polar_data.config.typed_yaml import ConfigError, override, split_overrides, to_yaml
 from polar_data.schema import SPLITS
-from polar_data.store.build import (
+from polar_data.store.build_lock import BuildLocked, build_lock
+from polar_data.store.finalize import finalize, unowned_files
+from polar_data.store.ingest import ingest
+from polar_data.store.settings import (
     BuildError,
     check_output_folder,
     check_settings,
-    demo_sources,
-    finalize,
-    ingest,
-    resolve_sources,
     resolve_window_len,
     settings,
-    unowned_files,
-    write_shards,
 )
-from polar_data.store.build_lock import BuildLocked, build_lock
-from polar_data.store.manifest import verify
+from polar_data.store.shard_stage import write_shards
+from polar_data.store.sources import demo_sources, resolve_sources
+from polar_data.store.verify import verify
 
 
 def parse_args(argv=None):

@@ -9,7 +9,7 @@ TINY_STORE = {"window_len": 6, "clip_len": 10, "target_rate_hz": 120.0, "chunk_b
 @pytest.fixture(scope="session")
 def tiny_sources(tmp_path_factory):
     """Three small NWB sessions (8 trials x 80 bins at 240 Hz, 9 x 9 crops)."""
-    from polar_data.readers import write_nwb
+    from polar_data.demo.nwb_writer import write_nwb
 
     d = tmp_path_factory.mktemp("sessions")
     paths = []
@@ -40,7 +40,7 @@ def small_demo_store(tmp_path_factory):
     """A store built from two generated demo sessions (90 s, 21 x 21 crops of 3 deg, known
     rates): window 12 (enough for the JEPA configs), clips of 32, many shards per split."""
     from polar_data.demo.generate import DemoConfig, generate_session, natural_images
-    from polar_data.readers import write_nwb
+    from polar_data.demo.nwb_writer import write_nwb
 
     d = tmp_path_factory.mktemp("demo_small")
     cfg = DemoConfig(n_sessions=2, duration_s=90.0, crop_px=21, crop_deg=3.0, n_units=(6, 8))

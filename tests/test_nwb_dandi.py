@@ -17,7 +17,8 @@ from helpers import spike_times_from_counts, tiny_session
 
 from polar_data.readers import NwbOptions, read_nwb, source_sha256
 from polar_data.sessions.session import SessionError
-from polar_data.store.build import BuildError, resolve_sources
+from polar_data.store.settings import BuildError
+from polar_data.store.sources import resolve_sources
 
 RASTER_HZ = 960.0  # 4 raster bins per 240 Hz bin
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import build_tiny
 
-from polar_data.readers import NwbOptions, read_nwb, write_nwb
+from polar_data.demo.nwb_writer import write_nwb
+from polar_data.readers import NwbOptions, read_nwb
 from polar_data.sessions.session import SessionError
 
 RATE = 240.0
@@ -109,7 +110,7 @@ def test_build_from_a_foreign_file_round_trips_the_counts(tmp_path, capsys):
     assert "--screen-ppd" in capsys.readouterr().out
     assert build_tiny(tmp_path, [path], out, "--screen-ppd", "20", "--crop-deg", "3",
                       "--crop-px", "21", target_rate_hz=None) == 0
-    from polar_data.store.manifest import verify
+    from polar_data.store.verify import verify
     from polar_data.store.zarr_groups import open_store
 
     assert verify(out) == []

@@ -16,7 +16,8 @@ import pytest
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
-from polar_data.readers import NwbOptions, open_session, read_nwb, source_sha256, write_nwb
+from polar_data.demo.nwb_writer import write_nwb
+from polar_data.readers import NwbOptions, open_session, read_nwb, source_sha256
 from polar_data.sessions.session import SessionError
 
 STIM = "stimulus/presentation/gaze_contingent_stim/data"

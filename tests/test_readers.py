@@ -3,13 +3,13 @@ import pytest
 import torch
 from helpers import assert_sessions_equal, spike_times_from_counts, tiny_session
 
+from polar_data.demo.dset_writer import write_dset
+from polar_data.demo.nwb_writer import write_nwb
 from polar_data.readers import (
     UntrustedPickleError,
     read_dset,
     read_nwb,
     read_session,
-    write_dset,
-    write_nwb,
 )
 from polar_data.sessions.session import SessionError
 

@@ -20,15 +20,16 @@ import torch
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
+from polar_data.demo.nwb_writer import write_nwb
 from polar_data.loaders.store_info import StoreInfo
 from polar_data.loaders.streaming import ShardStream
 from polar_data.loaders.zarr_windows import ZarrWindows
-from polar_data.readers import write_nwb
 from polar_data.schema import StoreError
 from polar_data.store.build_lock import BuildLocked, build_lock
 from polar_data.store.checksum import sha256_file
-from polar_data.store.manifest import load_manifest, seal, verify
+from polar_data.store.manifest import load_manifest, seal
 from polar_data.store.safe_names import UnsafeNameError, inside, session_folder_name
+from polar_data.store.verify import verify
 
 
 def _nwb(path: Path, name: str, seed: int = 0) -> Path:

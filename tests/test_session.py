@@ -51,13 +51,3 @@ def test_validate_rejects(changes, key, words):
         _bad(**changes).validate()
     msg = str(err.value)
     assert "'tiny'" in msg and f"{key}:" in msg and words in msg, msg
-
-
-def test_select_units_keeps_columns_aligned():
-    s = tiny_session()
-    sub = s.select_units(np.array([2, 0]))
-    assert sub.unit_ids.tolist() == [12, 10]
-    np.testing.assert_array_equal(sub.robs[:, 1], s.robs[:, 0])
-    np.testing.assert_array_equal(sub.unit_valid[:, 1], s.unit_valid[:, 0])
-    with pytest.raises(SessionError, match="outside"):
-        s.select_units(np.array([9]))

@@ -110,11 +110,11 @@ def test_verify_ok_then_catches_flipped_byte_and_truncated_chunk(tmp_path, sourc
     data = bytearray(shard.read_bytes())
     data[700] ^= 0xFF
     shard.write_bytes(bytes(data))
-    problems = __import__("polar_data.store.manifest", fromlist=["verify"]).verify(out)
+    problems = __import__("polar_data.store.verify", fromlist=["verify"]).verify(out)
     assert any(shard.name in p and "sha256" in p for p in problems), problems
     chunk = sorted((out / "zarr" / "s1" / "stim").glob("c.*"))[0]
     chunk.write_bytes(chunk.read_bytes()[:-10])
-    problems = __import__("polar_data.store.manifest", fromlist=["verify"]).verify(out)
+    problems = __import__("polar_data.store.verify", fromlist=["verify"]).verify(out)
     assert any("stim/c." in p and "truncated" in p for p in problems), problems
     assert build_shards.main(["--verify", "--out", str(out), "--no-progress"]) == 1
 

@@ -18,15 +18,16 @@ import webdataset as wds
 from conftest import build_tiny
 from helpers import spike_times_from_counts, tiny_session
 
+from polar_data.demo.nwb_writer import write_nwb
 from polar_data.loaders.store_info import StoreInfo
 from polar_data.loaders.streaming import ShardStream
 from polar_data.loaders.zarr_windows import ZarrWindows
-from polar_data.readers import write_nwb
 from polar_data.schema import StoreError
 from polar_data.store.checksum import sha256_file
-from polar_data.store.manifest import load_manifest, seal, verify
+from polar_data.store.manifest import load_manifest, seal
 from polar_data.store.safe_names import session_folder_name
 from polar_data.store.shards import _from_npy, _npy, sample_digest, tar_end_bytes, tar_sample_parts
+from polar_data.store.verify import verify
 
 
 def _nwb(path: Path, name: str, seed: int = 0) -> Path:
@@ -124,26 +125,26 @@ def test_a_killed_worker_fails_only_the_session_it_held(tmp_path, monkeypatch, c
 
 
 def test_an_interrupted_rebuild_is_not_loadable_and_a_rerun_completes(tmp_path, monkeypatch):
-    import polar_data.store.build as build
+    import polar_data.store.finalize as finalize_stage
 
     srcs = _sources(tmp_path)
     out = tmp_path / "out"
     assert build_tiny(tmp_path, srcs, out) == 0
     StoreInfo.load(str(out))
     _nwb(srcs[1], "s1", seed=7)
-    real = build._zarr_file_table
+    real = finalize_stage._zarr_file_table
 
     def crash(*args, **kw):  # killed in finalize, after the stale files went
         raise KeyboardInterrupt("simulated kill -9 during finalize")
 
-    monkeypatch.setattr(build, "_zarr_file_table", crash)
+    monkeypatch.setattr(finalize_stage, "_zarr_file_table", crash)
     with pytest.raises(KeyboardInterrupt):
         build_tiny(tmp_path, srcs, out)
     for load in (lambda: StoreInfo.load(str(out)), lambda: load_manifest(out)):
         with pytest.raises(StoreError, match=r"being \(re\)built or its build was "
                                              "interrupted: run the build again"):
             load()
-    monkeypatch.setattr(build, "_zarr_file_table", real)
+    monkeypatch.setattr(finalize_stage, "_zarr_file_table", real)
     assert build_tiny(tmp_path, srcs, out) == 0
     assert load_manifest(out)["sessions"]["s1"]["source"]["sha256"] == sha256_file(srcs[1])
     assert verify(out) == []

@@ -12,7 +12,9 @@ import pytest
 from conftest import build_tiny
 from helpers import assert_sessions_equal, spike_times_from_counts, tiny_session
 
-from polar_data.readers import open_session, read_session, write_dset, write_nwb
+from polar_data.demo.dset_writer import write_dset
+from polar_data.demo.nwb_writer import write_nwb
+from polar_data.readers import open_session, read_session
 from polar_data.sessions.session import SessionError
 from polar_data.sessions.session_source import chunk_bounds, concat, session_chunks
 

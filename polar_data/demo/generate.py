@@ -6,7 +6,7 @@ gaze-contingent window over it (:mod:`polar_data.sessions.render`); a ground-tru
 (:mod:`.population`, Gabor simple / energy complex cells, not the Polar-V1 model) responds
 with Poisson spikes. Everything is deterministic per ``(seed, session index)``.
 
-On disk (``write_demo_sessions``)::
+On disk (``write_demo_session``, one session)::
 
     <out>/<name>/datasets/backimage.dset   the lab's format (+ backimage.yaml with cids,
                                            qcmissing); robs also holds unselected clusters
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from polar_data.config.typed_yaml import SEED_RANGE, FieldError, bounded, check_fields
+from polar_data.demo.dset_writer import write_dset
 from polar_data.demo.eye_movements import GazeParams, simulate_gaze
+from polar_data.demo.nwb_writer import write_nwb
 from polar_data.demo.population import PopulationParams, V1Population, sample_spikes
-from polar_data.readers.dset import mask_to_intervals, write_dset
-from polar_data.readers.nwb import write_nwb
+from polar_data.readers.binning import mask_to_intervals
 from polar_data.sessions.render import hold_last_valid, render_crops
 from polar_data.sessions.session import Provenance, Session
 
@@ -231,17 +231,6 @@ def write_demo_session(demo: DemoSession, out_dir: str | Path, cfg: DemoConfig,
                            screen_ppd=cfg.screen_ppd, qcmissing=qcmissing,
                            cids=[int(c) for c in s.unit_ids])
     return dset_path, nwb
-
-
-def write_demo_sessions(out_dir: str | Path, cfg: DemoConfig = DemoConfig(),
-                        progress: bool = True) -> list[tuple[Path, Path]]:
-    """Generate ``cfg.n_sessions`` sessions and write each as ``.dset`` and NWB."""
-    images = natural_images()
-    paths = []
-    for i in tqdm(range(cfg.n_sessions), desc="demo sessions", disable=not progress):
-        demo = generate_session(cfg, i, images)
-        paths.append(write_demo_session(demo, out_dir, cfg, images))
-    return paths
 
 
 def write_sized_sessions(folder: str | Path, gb: float, crop_px: int, rate_hz: float,

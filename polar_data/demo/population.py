@@ -164,14 +164,6 @@ class V1Population:
                 m[cut:, n] = False
         return m
 
-    def describe(self) -> list[dict]:
-        return [{"type": "complex" if c else "simple", "orientation_deg": float(np.degrees(o)),
-                 "sf_cpd": float(f), "center_deg": [float(v) for v in ctr],
-                 "mean_rate_hz": float(r)}
-                for c, o, f, ctr, r in zip(self.is_complex, self.orientation, self.sf,
-                                           self.center, self.target_rate_hz)]
-
-
 def sample_spikes(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Poisson spike counts int32 [T, N] with means ``expected``."""
     return rng.poisson(expected).astype(np.int32)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from polar_data.readers.dset import UntrustedPickleError, open_dset, read_dset, write_dset
-from polar_data.readers.nwb import NwbOptions, open_nwb, read_nwb, source_sha256, write_nwb
+from polar_data.readers.dset import UntrustedPickleError, open_dset, read_dset
+from polar_data.readers.nwb import NwbOptions, open_nwb, read_nwb, source_sha256
 from polar_data.sessions.session import Session
 from polar_data.sessions.session_source import (
     SessionSource,
@@ -18,7 +18,7 @@ from polar_data.sessions.session_source import (
 
 __all__ = [
     "NwbOptions", "UntrustedPickleError", "open_session", "read_dset", "read_nwb",
-    "read_session", "source_sha256", "write_dset", "write_nwb",
+    "read_session", "source_sha256",
 ]
 
 

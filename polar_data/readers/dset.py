@@ -26,12 +26,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from polar_data.config.typed_yaml import read_mapping
+from polar_data.readers.binning import bins_in_intervals, median_rate
 from polar_data.sessions.session import Provenance, Session, SessionError
 from polar_data.sessions.session_source import SessionSource
-from polar_data.sessions.validity import segments
 from polar_data.store.checksum import sha256_file
 
 REQUIRED = ("stim", "robs", "eyepos", "dpi_valid", "trial_inds", "t_bins")
@@ -50,31 +49,6 @@ def _as_int(a: np.ndarray, key: str, where: str) -> np.ndarray:
         if not np.isfinite(a).all() or (np.rint(a) != a).any():
             raise SessionError(f"{where}: {key}: holds non-integer values (dtype {a.dtype})")
     return a.astype(np.int64)
-
-
-def bins_in_intervals(t: np.ndarray, dt: float, intervals) -> np.ndarray:
-    """bool [T]: bins whose midpoint ``t + dt / 2`` lies in any ``[t0, t1)`` of ``intervals``."""
-    mid = t + dt / 2.0
-    out = np.zeros(len(t), dtype=bool)
-    for t0, t1 in intervals:
-        out |= (mid >= t0) & (mid < t1)
-    return out
-
-
-def mask_to_intervals(t: np.ndarray, dt: float, mask: np.ndarray) -> list[list[float]]:
-    """Runs of True in ``mask`` [T] as ``[t_first, t_last + dt]`` intervals (seconds); the
-    inverse of :func:`bins_in_intervals` on the same bin grid."""
-    return [[float(t[i]), float(t[j - 1] + dt)] for i, j in segments(mask)]
-
-
-def median_rate(t: np.ndarray, trial: np.ndarray) -> float:
-    """Bins per second from the median time step inside trials."""
-    steps = np.diff(t)[np.diff(trial) == 0]
-    if steps.size == 0:
-        raise ValueError("cannot infer the sampling rate: no two bins share a trial")
-    rate = float(1.0 / np.median(steps))
-    # timestamps written as start + i / rate carry float noise: snap to a whole rate
-    return float(round(rate)) if abs(rate - round(rate)) < 1e-6 * rate else rate
 
 
 MMAP_FALLBACK_BYTES = 1 << 30  # a .dset that cannot be memory-mapped loads whole up to this
@@ -213,63 +187,3 @@ def read_dset(
     Session."""
     with open_dset(path, trust_pickle, session_yaml) as source:
         return source.read(0, source.n_bins)
-
-
-def write_dset(
-    session: Session,
-    path: str | Path,
-    screen_center_px: tuple[float, float] = (960.0, 540.0),
-    screen_ppd: float = 37.505,
-    qcmissing: dict | None = None,
-    cids: list[int] | None = None,
-) -> Path:
-    """Write ``session`` as a ``.dset`` (+ a per-session YAML beside it when ``cids`` or
-    ``qcmissing`` are given). Writes ``roi``/``dpi_pix`` from gaze for compatibility."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cx, cy = screen_center_px
-    gaze = np.nan_to_num(session.eyepos, nan=0.0)
-    dpi_pix = np.stack([cx + gaze[:, 0] * screen_ppd, cy - gaze[:, 1] * screen_ppd], axis=1)
-    half = session.stim.shape[1] / session.ppd * screen_ppd / 2.0
-    roi = np.stack(
-        [np.stack([dpi_pix[:, 1] - half, dpi_pix[:, 1] + half], 1),
-         np.stack([dpi_pix[:, 0] - half, dpi_pix[:, 0] + half], 1)], axis=1
-    )
-    cov = {
-        "stim": torch.from_numpy(np.ascontiguousarray(session.stim)),
-        "robs": torch.from_numpy(session.robs.astype(np.float32)),
-        "eyepos": torch.from_numpy(session.eyepos),
-        "dpi_valid": torch.from_numpy(session.eye_valid.astype(np.float32)),
-        "trial_inds": torch.from_numpy(session.trial.astype(np.int64)),
-        "t_bins": torch.from_numpy(session.t),
-        "roi": torch.from_numpy(roi.astype(np.float32)),
-        "dpi_pix": torch.from_numpy(dpi_pix.astype(np.float32)),
-    }
-    if session.true_rate is not None:
-        cov["true_rate"] = torch.from_numpy(session.true_rate)
-    if session.unit_valid is not None and qcmissing is None:
-        cov["unit_valid"] = torch.from_numpy(session.unit_valid)
-    meta = {
-        "ppd": session.ppd,
-        "name": session.name,
-        "rate_hz": session.rate_hz,
-        "stim_type": session.stim_type,
-        "roi_src": "gaze-contingent",
-        "screen_ppd": screen_ppd,
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"covariates": cov, "metadata": meta}, tmp)
-    tmp.replace(path)
-    if cids is not None or qcmissing is not None:
-        info = {
-            "session": session.name,
-            "cids": [int(c) for c in (cids if cids is not None else range(session.n_units))],
-            "visual": [int(c) for c in (cids if cids is not None else range(session.n_units))],
-            "qcmissing": {int(k): [[float(a), float(b)] for a, b in v]
-                          for k, v in (qcmissing or {}).items()},
-            "qccontam": [],
-        }
-        path.with_suffix(".yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-    return path

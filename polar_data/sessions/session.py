@@ -13,12 +13,9 @@ Conventions (checked by :meth:`Session.validate`, written into every store's sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-
-GAZE_AXES = "x right, y up, degrees of visual angle"
-TIME_ORDER = "oldest first"
 
 
 class SessionError(ValueError):
@@ -93,25 +90,6 @@ class Session:
         starts = np.concatenate([[0], change])
         stops = np.concatenate([change, [self.n_bins]])
         return self.trial[starts], starts, stops
-
-    def select_units(self, columns: np.ndarray) -> Session:
-        """A new session keeping only the unit columns ``columns`` (indices into ``robs``)."""
-        columns = np.asarray(columns, dtype=np.int64)
-        if columns.size and (columns.min() < 0 or columns.max() >= self.n_units):
-            raise SessionError(
-                f"{self.name}: unit selection {columns.tolist()} outside 0..{self.n_units - 1}"
-            )
-
-        def pick(a):
-            return None if a is None else a[:, columns]
-
-        return replace(
-            self,
-            robs=self.robs[:, columns],
-            unit_ids=self.unit_ids[columns],
-            unit_valid=pick(self.unit_valid),
-            true_rate=pick(self.true_rate),
-        )
 
     def validate(self) -> Session:
         """Check every convention; raise :class:`SessionError` naming session, key and problem.

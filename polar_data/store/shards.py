@@ -3,10 +3,11 @@
 Each sample is one clip (see :mod:`polar_data.sessions.clips`): ``n`` target bins
 (``n <= clip_len``) plus the ``window_len - 1`` bins of history before them,
 ``S = window_len - 1 + n`` bins in all, oldest first. Members of a sample (key
-``<session index>_<first target bin>``); every array is a ``.npy`` file (numpy's format, header included) compressed with zstd, so plain
-tools decode it (``zstd -d``, or ``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``,
-numcodecs >= 0.16.4: ``stim`` is several zstd frames one after the other, the Zarr store's
-own compressed chunks reused where a whole chunk lies in the clip):
+``<session index>_<first target bin>``); every array is a ``.npy`` file (numpy's format,
+header included) compressed with zstd, so plain tools decode it (``zstd -d``, or
+``np.load(io.BytesIO(numcodecs.Zstd().decode(member)))``, numcodecs >= 0.16.4: ``stim`` is
+several zstd frames one after the other, the Zarr store's own compressed chunks reused where
+a whole chunk lies in the clip):
 
     meta.json         session, session_index, split, start (first target bin), n_targets,
                       window_len, clip_len, frame_hw
@@ -331,15 +332,3 @@ def write_shard(root, names: list[str], shard_path: Path, rows: np.ndarray,
             "n_targets": owned, "sessions": dict(sorted(per_session.items())),
             "samples": list(digests), "sample_sha256": digests, "bytes": out.nbytes,
             "sha256": out.hexdigest()}
-
-
-def count_tar_samples(path: Path) -> int:
-    """Number of distinct sample keys in a tar shard (raises StoreError if unreadable)."""
-    keys = set()
-    try:
-        with tarfile.open(path) as tf:
-            for m in tf:
-                keys.add(m.name.split(".", 1)[0])
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise StoreError(f"{path}: unreadable tar shard ({e})") from e
-    return len(keys)
