@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from polar_data.config.typed_yaml import read_mapping
+from polar_data.config.typed_yaml import load_config, to_dict
+from polar_model.training.run_config import TrainConfig
 from polar_model.training.runs import final_validation as final_val
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main
@@ -83,13 +84,16 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=ROOT / "runs/experiment")
     p.add_argument("--out", type=Path, default=ROOT / "reports/experiment")
     a = p.parse_args(argv)
-    base_tc = read_mapping(a.train)
+    def train_file(path: Path) -> dict:  # a train file over TrainConfig's defaults
+        return to_dict(load_config(path, TrainConfig))
+
+    base_tc = train_file(a.train)
     a.out.mkdir(parents=True, exist_ok=True)
     rows, curves = {}, {}
     for name in a.configs:
         model_yaml = ROOT / f"configs/model/{name}.yaml"
         own = ROOT / f"configs/train/{name}.yaml"  # a config's own tuned settings, if any
-        tc0 = read_mapping(own) if own.is_file() else base_tc
+        tc0 = train_file(own) if own.is_file() else base_tc
         lr = a.lr if a.lr is not None else float(tc0["lr"])
         rows[name], curves[name] = [], []
         for seed in a.seeds:

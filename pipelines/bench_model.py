@@ -61,7 +61,7 @@ def one(name: str, steps: int, batch: int, window: int, device: str = "cpu",
     m = build_model(cfg, spec).to(dev).train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     stim = torch.randn(batch, 1, S, 51, 51, device=dev)
-    gaze = torch.cumsum(torch.randn(batch, S, 2) * 0.05, 1).to(dev)
+    eyepos = torch.cumsum(torch.randn(batch, S, 2) * 0.05, 1).to(dev)
     y = torch.poisson(torch.full((batch, L, 32), 0.05)).to(dev)
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -71,7 +71,7 @@ def one(name: str, steps: int, batch: int, window: int, device: str = "cpu",
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            out = m(stim, gaze, 0, last_only=not clip)
+            out = m(stim, eyepos, 0, last_only=not clip)
         loss = masked_poisson_nll(out.log_rate.float(), y, torch.ones_like(y))
         if out.jepa_loss is not None:
             loss = loss + m.cfg.lambda_jepa * out.jepa_loss

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from polar_data.config.typed_yaml import read_mapping
+from polar_data.config.typed_yaml import load_config, to_dict
+from polar_model.training.run_config import TrainConfig
 from polar_model.training.runs import validation_curve as curve
 from polar_model.training.trainer import main as train_main
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, default=ROOT / "runs/quality")
     p.add_argument("--out", type=Path, default=ROOT / "reports/quality")
     a = p.parse_args(argv)
-    tc = read_mapping(a.train)
+    tc = to_dict(load_config(a.train, TrainConfig))  # the file over TrainConfig's defaults
     tc["val_every_steps"] = a.val_every
     rows = curve(a.run)
     if not rows or int(rows[-1]["step"]) < tc["max_steps"] - 1:

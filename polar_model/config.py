@@ -2,9 +2,11 @@
 
 ``kind: polar`` -> :class:`PolarConfig` (the six Polar-V1 configurations differ in
 ``use_behavior``, ``temporal`` and ``use_jepa``); ``kind: resnet_convgru`` ->
-:class:`BaselineConfig`. Unknown or ill-typed keys are errors naming the key; every number
-has a declared range (:func:`polar_data.config.typed_yaml.bounded`: widths bound the parameters
-and activations a model allocates).
+:class:`BaselineConfig`. The dataclass defaults are the recipe of the default run
+(``configs/model/full.yaml``, the full model); each shipped YAML lists only what differs from
+them. Unknown or ill-typed keys are errors naming the key; every number has a declared range
+(:func:`polar_data.config.typed_yaml.bounded`: widths bound the parameters and activations a
+model allocates).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ WIDTH = "[1, 4096]"  # channels / feature sizes: generous, finite
 
 @dataclass
 class PolarConfig:
-    """Polar-V1. Frequencies in cycles/pixel, rates in 1/s, speeds in deg/s."""
+    """Polar-V1; the defaults are the full model (behaviour + JEPA). Frequencies in
+    cycles/pixel, rates in 1/s, speeds in deg/s."""
 
     name: str = "polar"             # a plain name (the run folder runs/<name>)
     kind: Literal["polar"] = "polar"
@@ -59,8 +62,9 @@ class PolarConfig:
         None, "(0, 1000]")
     readout_placement: Literal["rf_maps", "centre"] = "rf_maps"  # start positions: each
                                     # unit's RF peak on the training split, or the centre
-    output_link: Literal["exp", "softplus", "learned"] = "exp"
-    use_jepa: bool = False
+    output_link: Literal["exp", "softplus", "learned"] = "softplus"  # rate = mean rate x
+                                    # softplus(x): follows rectified neurons, exp cannot
+    use_jepa: bool = True
     jepa_delta: int = bounded(4, "[1, 1024]")  # predict features jepa_delta bins ahead
     min_context: int = bounded(8, "[1, 2048]")  # bins of context the JEPA needs at least
     jepa_dim: int = bounded(64, WIDTH)
@@ -72,7 +76,7 @@ class PolarConfig:
         0, "[0, 1000000000]")
     jepa_stop_grad: bool = False    # True: JEPA trains its own heads only, not the front end
     jepa_balance_every: int = bounded(  # optimizer steps between measurements of the ratio
-        10, "[1, 1000000000]")
+        25, "[1, 1000000000]")
 
     def __post_init__(self):
         check_fields(self)
@@ -99,17 +103,13 @@ class BaselineConfig:
     readout_sigma: float = bounded(0.25, "(0, 1000]")
     readout_weight_std: float | None = bounded(None, "(0, 1000]")
     readout_placement: Literal["rf_maps", "centre"] = "rf_maps"
-    output_link: Literal["exp", "softplus", "learned"] = "exp"
-    use_jepa: bool = False          # the baseline has no JEPA; kept for a uniform interface
-    lambda_jepa: float = bounded(0.0, "[0, 0]", "the baseline has no JEPA")
+    output_link: Literal["exp", "softplus", "learned"] = "softplus"  # as Polar-V1's
 
     def __post_init__(self):
         check_fields(self)
         check_name("name", self.name)
         if self.gru_kernel % 2 == 0:
             raise FieldError("gru_kernel", f"must be odd, got {self.gru_kernel}")
-        if self.use_jepa:
-            raise FieldError("use_jepa", "the baseline has no JEPA")
 
 
 ModelConfig = PolarConfig | BaselineConfig  # a tagged union: ``kind`` picks the class

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polar_model.polar import POLAR_EPS, at_least_float32, polar_decompose
+from polar_model.readout import pool
 
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
 # the renormalisation factor 1 / sqrt(PHASE_FLOOR) where it is clamped (its gradient is
@@ -44,8 +45,8 @@ class PolarDynamics(nn.Module):
       ``r_t : 1 - r_t``, renormalised to unit length, ``(c, s) / max(|(c, s)|, 0.1)``. Phase
       thus accumulates across steps. Where the blend nearly cancels (predicted and observed
       phase opposite, ``r_t`` near 1/2) the phase is undefined and the state shrinks instead
-      of being blown up to unit length: the old floor (1e-4) multiplied the gradient by up
-      to 1e4 per such step, which overflowed to inf in training (demo seed 1, step 116).
+      of being blown up to unit length: a smaller floor multiplies the gradient by up to
+      ``1 / sqrt(floor)`` per such step, which overflows in training.
 
     The state maps are never returned at full resolution: ``A``, ``A cos phi``,
     ``A sin phi`` and ``E`` come out pooled by the readout masks (and the observed
@@ -91,11 +92,6 @@ class PolarDynamics(nn.Module):
         return level(y, decay, cd, sd, weights, first, means)
 
 
-def _pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``[..., H, W]`` x ``[H * W, K]`` -> ``[..., K]``."""
-    return x.flatten(-2) @ weights
-
-
 def polar_level_autograd(y, decay, cd, sd, weights, first: int, means: bool):
     """:meth:`PolarDynamics.forward` after the drive, step by step through autograd (the
     reference :class:`PolarLevel` is tested against). ``decay`` [T, B]; ``cd``, ``sd``
@@ -119,8 +115,8 @@ def polar_level_autograd(y, decay, cd, sd, weights, first: int, means: bool):
     A, c, s, E = (torch.stack(x) for x in (A, c, s, E))
     state = (A, A * c, A * s, E)
     early = first if means else 0
-    return (_pool(even, weights), _pool(odd, weights), _pool(amp, weights),
-            *(_pool(x[first:], weights) for x in state),
+    return (pool(even, weights), pool(odd, weights), pool(amp, weights),
+            *(pool(x[first:], weights) for x in state),
             *(x[:early].mean((-2, -1)) for x in state))
 
 
@@ -163,11 +159,11 @@ class PolarLevel(torch.autograd.Function):
                 torch.rsqrt((bc * bc).addcmul_(bs, bs).clamp_min_(PHASE_FLOOR), out=inv[t])
                 torch.mul(bc, inv[t], out=c[t])
                 torch.mul(bs, inv[t], out=s[t])
-            p_eo = _pool(y, w)
+            p_eo = pool(y, w)
             early = first if means else 0
             state = (A, A * c, A * s, E)
-            out = (p_eo[:, :, :M].contiguous(), p_eo[:, :, M:].contiguous(), _pool(amp, w),
-                   *(_pool(x[first:], w) for x in state),
+            out = (p_eo[:, :, :M].contiguous(), p_eo[:, :, M:].contiguous(), pool(amp, w),
+                   *(pool(x[first:], w) for x in state),
                    *(x[:early].mean((-2, -1)) for x in state))
         ctx.save_for_backward(y, amp, co, so, A, c, s, inv, E, w, r,
                               *((cd, sd) if rot else ()))

@@ -1,8 +1,11 @@
 """Build a model from its config and the data's spec, refusing data that cannot serve it.
 
 The window-length rule lives here: :func:`required_window_len` (what a model needs) and
-:func:`check_window_len` (the one check, used by :func:`build_model`, the trainer and
-``pipelines/build_shards.py --model-config``)."""
+:func:`check_window_len` (the one check and its one message, :class:`WindowTooShort`). It runs
+in :func:`build_model`, so a training checks its store once, when it builds its model (the
+trainer names the store and the model file in the message); a build takes the plain
+``window_len`` it is given (``pipelines/build_shards.py --model-config`` asks
+:func:`required_window_len`)."""
 
 from __future__ import annotations
 
@@ -18,30 +21,45 @@ MIN_WINDOW = 2  # recurrent models need at least one step of history to differen
 def required_window_len(cfg: ModelConfig) -> int:
     """The shortest window a model can be trained on: ``jepa_delta + min_context`` with JEPA;
     1 for the static configurations; 2 otherwise."""
-    if getattr(cfg, "use_jepa", False):
+    if isinstance(cfg, PolarConfig) and cfg.use_jepa:
         return cfg.jepa_delta + cfg.min_context
     if isinstance(cfg, PolarConfig) and cfg.temporal == "static":
         return 1
     return MIN_WINDOW
 
 
-def check_window_len(cfg: ModelConfig, window_len: int, where: str = "the data",
-                     model_ref: str | None = None) -> None:
-    """Raise ValueError when windows of ``window_len`` bins are too short for ``cfg`` (see
-    :func:`required_window_len`), naming ``where`` the windows come from, the model
-    (``model_ref``: its YAML, else its name) and the command that rebuilds the store."""
-    need = required_window_len(cfg)
-    if window_len < need:
+class WindowTooShort(ValueError):
+    """Windows of ``window_len`` bins are shorter than ``cfg`` needs; the message names
+    ``where`` the windows come from, the model (``model_ref``: its YAML, else its name), both
+    numbers and the command that rebuilds the store. :meth:`naming` gives the same error
+    with another ``where`` / ``model_ref`` (the trainer names its store and model file)."""
+
+    def __init__(self, cfg: ModelConfig, window_len: int, where: str = "the data",
+                 model_ref: str | None = None):
+        self.cfg, self.window_len = cfg, window_len
+        need = required_window_len(cfg)
         model = model_ref or repr(cfg.name)
-        why = " (jepa_delta + min_context)" if getattr(cfg, "use_jepa", False) else ""
-        raise ValueError(
+        jepa = isinstance(cfg, PolarConfig) and cfg.use_jepa
+        why = " (jepa_delta + min_context)" if jepa else ""
+        super().__init__(
             f"{where} has window_len = {window_len}, but {model} needs window_len >= "
             f"{need}{why}. Rebuild the store for this model: python pipelines/build_shards.py "
-            f"--model-config {model_ref or '<this model YAML>'} --out <new folder>"
-        )
+            f"--model-config {model_ref or '<this model YAML>'} --out <new folder>")
+
+    def naming(self, where: str, model_ref: str | None) -> WindowTooShort:
+        return WindowTooShort(self.cfg, self.window_len, where, model_ref)
+
+
+def check_window_len(cfg: ModelConfig, window_len: int) -> None:
+    """Raise :class:`WindowTooShort` when windows of ``window_len`` bins are too short for
+    ``cfg`` (see :func:`required_window_len`)."""
+    if window_len < required_window_len(cfg):
+        raise WindowTooShort(cfg, window_len)
 
 
 def build_model(cfg: ModelConfig, spec: DataSpec) -> EncodingModel:
+    """The model of ``cfg`` for data of ``spec``; :class:`WindowTooShort` when the spec's
+    windows are too short for it."""
     check_window_len(cfg, spec.window_len)
     if isinstance(cfg, PolarConfig):
         return PolarV1(cfg, spec)

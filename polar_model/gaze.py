@@ -8,27 +8,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polar_model.config import PolarConfig
+from polar_model.ema import ema
+
 V_SCALE = 100.0    # deg/s: kinematics are fed as v / V_SCALE
 A_SCALE = 1.0e4    # deg/s^2
 
 
-def kinematics(gaze: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal velocity and acceleration of gaze ``[B, T, 2]`` (deg) by backward differences
-    (deg/s, deg/s^2); the first step(s) are 0."""
-    v = torch.zeros_like(gaze)
-    v[:, 1:] = (gaze[:, 1:] - gaze[:, :-1]) / dt
-    a = torch.zeros_like(gaze)
+def kinematics(eyepos: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal velocity and acceleration of gaze ``eyepos [B, T, 2]`` (deg) by backward
+    differences (deg/s, deg/s^2); the first step(s) are 0."""
+    v = torch.zeros_like(eyepos)
+    v[:, 1:] = (eyepos[:, 1:] - eyepos[:, :-1]) / dt
+    a = torch.zeros_like(eyepos)
     a[:, 1:] = (v[:, 1:] - v[:, :-1]) / dt
     return v, a
-
-
-def causal_ema(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """EMA along dim 1 of ``[B, T, C]``: y_t = alpha y_{t-1} + (1 - alpha) x_t, y_0 = x_0."""
-    out, y = [], x[:, 0]
-    for t in range(x.shape[1]):
-        y = alpha * y + (1 - alpha) * x[:, t] if t else x[:, 0]
-        out.append(y)
-    return torch.stack(out, 1)
 
 
 def median_spread(v: torch.Tensor) -> torch.Tensor:
@@ -39,8 +33,8 @@ def median_spread(v: torch.Tensor) -> torch.Tensor:
 
 
 class GazeEncoder(nn.Module):
-    """Raw gaze ``[B, T, 2]`` (deg, x right / y up) -> (code ``[B, T, D]``, gate ``[B, T, 1]``,
-    velocity ``[B, T, 2]`` deg/s).
+    """Raw gaze ``eyepos [B, T, 2]`` (deg, x right / y up) -> (behaviour code ``[B, T, D]``,
+    gate ``[B, T, 1]``, velocity ``[B, T, 2]`` deg/s).
 
     Features per step: velocity / 100 deg/s, log-compressed acceleration, speed, direction
     (cos, sin), acceleration parallel / perpendicular to the motion, the saccade gate, fast
@@ -58,6 +52,9 @@ class GazeEncoder(nn.Module):
       On the demo this finds microsaccades of 0.1 deg as well as 12 deg saccades.
     * ``fixed``: ``sigmoid(beta (|v| - theta))`` (theta, beta learned and positive; theta
       initialised at ``threshold`` deg/s). At 100 deg/s it misses nearly all microsaccades.
+
+    A saccade's onset is the bin where the gate opens (crosses 0.5, i.e. ``u > lambda`` or
+    ``|v| > theta``): :meth:`saccade_onsets`, the one detector the report uses too.
     """
 
     SIGMA_MIN = 0.05  # deg/s: floor of the noise estimate (noise-free synthetic gaze)
@@ -81,6 +78,13 @@ class GazeEncoder(nn.Module):
         self.pos_freqs = nn.Parameter(torch.randn(n_pos_freqs, 2) * 0.2)
         n_in = 2 + 2 + 1 + 2 + 2 + 3 + 2 * n_pos_freqs
         self.mlp = nn.Sequential(nn.Linear(n_in, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    @classmethod
+    def from_config(cls, cfg: PolarConfig, dt: float, n_sessions: int) -> GazeEncoder:
+        """The encoder of a Polar-V1 model of config ``cfg`` (bins of ``dt`` s)."""
+        return cls(cfg.beh_dim, dt, cfg.n_pos_freqs, cfg.saccade_threshold_deg_s,
+                   cfg.saccade_slope_s_deg, detector=cfg.saccade_detector,
+                   n_sessions=n_sessions, lam=cfg.saccade_lambda)
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -108,15 +112,31 @@ class GazeEncoder(nn.Module):
         beta = F.softplus(self._beta) / V_SCALE
         return torch.sigmoid(beta * (speed - self.threshold))
 
-    def forward(self, gaze: torch.Tensor, session: int = 0):
-        v, a = kinematics(gaze, self.dt)
+    @torch.no_grad()
+    def saccade_onsets(self, eyepos: torch.Tensor, session: int = 0) -> torch.Tensor:
+        """Onset bins (int64 ``[n]``) of the saccades this gate detects in one stretch of gaze
+        ``eyepos [T, 2]`` (deg): the bins where the gate opens (crosses 0.5; bins of
+        non-finite velocity stay closed), with this encoder's own threshold and the
+        session's noise estimate as they stand (the estimate is not updated here)."""
+        v, _ = kinematics(eyepos[None].to(self.pos_freqs), self.dt)  # its device, float32
+        was_training = self.training
+        self.train(False)
+        try:
+            is_open = self.gate(v.norm(dim=-1, keepdim=True), v, session)[0, :, 0] > 0.5
+        finally:
+            self.train(was_training)
+        opened = is_open & ~torch.cat([is_open.new_zeros(1), is_open[:-1]])
+        return torch.nonzero(opened).flatten()
+
+    def forward(self, eyepos: torch.Tensor, session: int = 0):
+        v, a = kinematics(eyepos, self.dt)
         speed = v.norm(dim=-1, keepdim=True)
         direction = v / speed.clamp_min(1.0)
         a_par = (a * direction).sum(-1, keepdim=True)
         a_perp = direction[..., 0:1] * a[..., 1:2] - direction[..., 1:2] * a[..., 0:1]
         q = self.gate(speed, v, session)
-        emas = causal_ema(q.expand(-1, -1, 2), torch.sigmoid(self._ema))
-        phase = 2 * math.pi * gaze @ self.pos_freqs.t()
+        emas = torch.cat([ema(q, alpha, dim=1) for alpha in torch.sigmoid(self._ema)], -1)
+        phase = 2 * math.pi * eyepos @ self.pos_freqs.t()
         feats = torch.cat([
             v / V_SCALE, torch.sign(a) * torch.log1p(a.abs() / A_SCALE), speed / V_SCALE,
             direction, torch.sign(a_par) * torch.log1p(a_par.abs() / A_SCALE),
@@ -128,11 +148,12 @@ class GazeEncoder(nn.Module):
 class BehaviorEncoder(nn.Module):
     """Behaviour code -> per-step dynamics parameters.
 
-    q      [B, T, 1]     saccade gate: the kinematic gate, adjusted by the code
-    v_eff  [B, T, 2]     effective retinal velocity, deg/s (x right, y up): starts as the
-                         image motion an eye movement causes (-v), adjusted by the code
-    gamma  [B, T, S*M]   phase-advance gain per level and pair, >= 1
-    rho    [B, T, S*M]   small phase offset, |rho| < 0.1 rad
+    q      [B, T, 1]            saccade gate: the kinematic gate, adjusted by the code
+    v_eff  [B, T, 2]            effective retinal velocity, deg/s (x right, y up): starts as
+                                the image motion an eye movement causes (-v), adjusted by
+                                the code
+    gamma  [B, T, n_levels*M]   phase-advance gain per level and pair (M pairs), >= 1
+    rho    [B, T, n_levels*M]   small phase offset, |rho| < 0.1 rad
     The adjusting heads start at zero, so at initialisation the dynamics are the physics.
     """
 

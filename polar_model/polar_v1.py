@@ -29,8 +29,8 @@ class PolarV1(EncodingModel):
     * Per level a shared linear map (``mix``) takes the summaries to ``readout_dim``
       channels; each session has its own :class:`MultiLevelGaussianReadout`. Masks sum to
       one, so the map is applied after each unit's Gaussian pooling (the same function as a
-      1x1 conv before it, at a fraction of the cost: the conv at full resolution was a third
-      of a CPU training step). The summaries are pooled by the masks as they are made
+      1x1 conv before it, without the conv's cost at full resolution). The summaries are
+      pooled by the masks as they are made
       (:class:`TemporalSummarizer`), never kept at full resolution.
     * JEPA (``use_jepa``): on the per-step spatially pooled features (training mode only).
     """
@@ -38,12 +38,14 @@ class PolarV1(EncodingModel):
     def __init__(self, cfg: PolarConfig, spec: DataSpec):
         super().__init__(spec)
         self.cfg = cfg
-        S, M = cfg.n_levels, cfg.n_pairs
-        self.sizes = LaplacianPyramid.sizes(spec.frame_hw, S)
+        n_levels, M = cfg.n_levels, cfg.n_pairs
+        self.sizes = LaplacianPyramid.sizes(spec.frame_hw, n_levels)
         if min(self.sizes[-1]) < 2:
-            raise ValueError(f"n_levels: {S} levels shrink {spec.frame_hw} frames below 2 px")
-        self.pyramid = LaplacianPyramid(S)
-        self.filters = nn.ModuleList(QuadratureFilterBank(M, cfg.filter_size) for _ in range(S))
+            raise ValueError(f"n_levels: {n_levels} levels shrink {spec.frame_hw} frames below "
+                             "2 px")
+        self.pyramid = LaplacianPyramid(n_levels)
+        self.filters = nn.ModuleList(QuadratureFilterBank(M, cfg.filter_size)
+                                     for _ in range(n_levels))
         self.recurrent = cfg.temporal == "recurrent"
         n_feat = TemporalSummarizer.n_features if self.recurrent else 3
         if self.recurrent:
@@ -51,29 +53,24 @@ class PolarV1(EncodingModel):
                                           cfg.autograd_dynamics)
             self.summarizer = TemporalSummarizer()
         if cfg.use_behavior:
-            self.gaze = GazeEncoder(cfg.beh_dim, self.dt, cfg.n_pos_freqs,
-                                    cfg.saccade_threshold_deg_s, cfg.saccade_slope_s_deg,
-                                    detector=cfg.saccade_detector,
-                                    n_sessions=len(spec.n_units),
-                                    lam=cfg.saccade_lambda)
-            self.behavior = BehaviorEncoder(cfg.beh_dim, S, M)
+            self.gaze = GazeEncoder.from_config(cfg, self.dt, len(spec.n_units))
+            self.behavior = BehaviorEncoder(cfg.beh_dim, n_levels, M)
             k = max(1, round(cfg.saccade_kernel_ms / 1000 * spec.rate_hz))
             spacing = round(0.015 * spec.rate_hz)  # 15 ms between basis bumps
             self.saccade_gain = nn.ModuleList(SaccadeGain(n, k, spacing) for n in spec.n_units)
-        self.mix = nn.ModuleList(nn.Linear(n_feat * M, cfg.readout_dim) for _ in range(S))
+        self.mix = nn.ModuleList(nn.Linear(n_feat * M, cfg.readout_dim)
+                                 for _ in range(n_levels))
         self.readouts = nn.ModuleList(
-            MultiLevelGaussianReadout(n, S, cfg.readout_dim, r, self.readout_sigmas(),
+            MultiLevelGaussianReadout(n, n_levels, cfg.readout_dim, r, self.readout_sigmas(),
                                       cfg.output_link, cfg.readout_weight_std)
             for n, r in zip(spec.n_units, spec.mean_rates))
-        self.jepa = (JEPA(S * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
+        self.jepa = (JEPA(n_levels * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
                           cfg.jepa_ema) if cfg.use_jepa else None)
 
     def readout_sigmas(self) -> list[float]:
         """Initial mask std per level in the readouts' [-1, 1] units: ``readout_sigma_px``
         pixels of each level (a phase-sensitive response survives pooling only under a mask
-        narrower than its wavelength: 0.25 of the half-width, the old default, is 6 pixels
-        of level 0 and 0.2-0.25 of the oracle after 150 steps, against 0.32 at 1.5 pixels
-        with the readouts placed on the RF maps)."""
+        narrower than its wavelength)."""
         return [self.cfg.readout_sigma_px * 2.0 / (max(h, w) - 1) for h, w in self.sizes]
 
     def pooling_weights(self, session: int, pool: bool) -> list[torch.Tensor]:
@@ -87,14 +84,14 @@ class PolarV1(EncodingModel):
             out.append(w)
         return out
 
-    def level_features(self, stim: torch.Tensor, beh: tuple | None, weights: list,
+    def level_features(self, stim: torch.Tensor, beh_code: tuple | None, weights: list,
                        first: int = 0, pool: bool = False
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Per level: the summaries of steps ``first ..`` pooled by each unit's mask
         ``[B, S - first, n_feat * M, N]``, and with ``pool`` their spatial means at every step
-        ``[B, S, n_feat * M]`` (else None). ``beh``: the :class:`BehaviorEncoder`'s (q, v_eff,
-        gamma, rho), or None; ``weights``: :meth:`pooling_weights` (the last column the mean
-        with ``pool``)."""
+        ``[B, S, n_feat * M]`` (else None); S: steps of ``stim``. ``beh_code``: the
+        :class:`BehaviorEncoder`'s (q, v_eff, gamma, rho), or None; ``weights``:
+        :meth:`pooling_weights` (the last column the mean with ``pool``)."""
         B, _, S, H, W = stim.shape
         # time first from here on: each step's maps are one contiguous block
         frames = stim[:, 0].transpose(0, 1).reshape(S * B, 1, H, W).float()
@@ -110,8 +107,8 @@ class PolarV1(EncodingModel):
                 f = f[:, first:]
             else:
                 drive = ()
-                if beh is not None:
-                    q, v_eff, gamma, rho = beh
+                if beh_code is not None:
+                    q, v_eff, gamma, rho = beh_code
                     M = self.cfg.n_pairs
                     ppd = self.spec.ppd / 2**level
                     v_pix = torch.stack([v_eff[..., 0], -v_eff[..., 1]], -1) * ppd  # y up
@@ -134,24 +131,24 @@ class PolarV1(EncodingModel):
         p_even, p_odd, p_amp, *state = self.dynamics(y, weights, first, means, *drive)
         return self.summarizer(p_amp, p_even, p_odd, state[:4], state[4:])
 
-    def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
-        S = self.check(stim, behavior, session)
+    def forward(self, stim, eyepos, session: int, last_only: bool = False) -> ModelOutput:
+        S = self.check(stim, eyepos, session)
         first = S - 1 if last_only else self.window_len - 1
-        beh = None
+        beh_code = None
         if self.cfg.use_behavior:
             with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
-                beh = self.behavior(*self.gaze(behavior.float(), session))
+                beh_code = self.behavior(*self.gaze(eyepos.float(), session))
         pool_means = self.jepa is not None and self.training
         weights = self.pooling_weights(session, pool_means)
-        feats, means = self.level_features(stim, beh, weights, first, pool_means)
+        feats, means = self.level_features(stim, beh_code, weights, first, pool_means)
         jepa_loss = None
         if pool_means:
             means = torch.cat(means, dim=-1)  # [B, S, C]
             jepa_loss = self.jepa(means.detach() if self.cfg.jepa_stop_grad else means)
         pooled = [f.transpose(-1, -2) for f in feats]                   # [B, L, N, C]
         log_rate = self.readouts[session].head(pooled, self.mix)        # [B, L, N]
-        if beh is not None:
-            log_rate = log_rate + self.saccade_gain[session](beh[0])[:, first:]
+        if beh_code is not None:
+            log_rate = log_rate + self.saccade_gain[session](beh_code[0])[:, first:]
         return ModelOutput(log_rate, jepa_loss)
 
     def shared_parameters(self) -> list[nn.Parameter]:

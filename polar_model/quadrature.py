@@ -22,11 +22,9 @@ class QuadratureFilterBank(nn.Module):
 
     Orientations start evenly spread over 180 deg (22.5 deg apart for 8 pairs), all at
     0.177 cycles/pixel (half an octave below Nyquist/2): the pyramid's levels already space
-    frequency by octaves, so one frequency per level gives each level every orientation.
-    (Alternating 0.25 / 0.125 per pair, as before, left 45 deg between the pairs of one
-    frequency and repeated the next level's band; measured: 0.16 -> 0.21 of the demo
-    oracle after 150 steps.) Pairs differ from the start (the first implementation's pairs
-    were affine copies).
+    frequency by octaves, so one frequency per level gives each level every orientation
+    (two frequencies per level would halve the orientations of each and repeat the next
+    level's band). Pairs differ from the start.
     """
 
     def __init__(self, n_pairs: int, size: int):

@@ -66,8 +66,7 @@ class MultiLevelGaussianReadout(nn.Module):
     (:func:`apply_link`), giving log expected counts per bin.
 
     Feature weights start at ``weight_std * randn`` (default ``1 / sqrt(levels x dim)``, so
-    the front end gets a gradient of the same order as the readout's from the first step;
-    the old ``0.01`` starved it).
+    the front end gets a gradient of the same order as the readout's from the first step).
 
     features: list over levels of ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``.
     """

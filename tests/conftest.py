@@ -67,7 +67,8 @@ def data_config(tmp_path, store, **loader):
 def train_config(tmp_path, **kw):
     p = tmp_path / "train.yaml"
     base = {"lr": 1e-2, "warmup_steps": 2, "max_steps": 1000, "max_epochs": 2,
-            "val_every_steps": 1000, "log_every_steps": 1}
+            "val_every_steps": 1000, "log_every_steps": 1,
+            "head_lr_mult": 1.0}  # the tests' runs: one lr for every parameter
     p.write_text(yaml.safe_dump({**base, **kw}))
     return p
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from polar_data.config.data_config import DataConfig, StoreConfig
-from polar_data.config.typed_yaml import ConfigError, from_dict, load_config, to_yaml
+from polar_data.config.typed_yaml import ConfigError, from_dict, load_config, override, to_yaml
 from polar_model.config import load_model_config
 from polar_model.training import trainer
 from polar_model.training.run_config import TrainConfig, load_run_config
@@ -34,7 +34,7 @@ def _tree(cls, seen=None) -> list:
     return seen
 
 
-OWNED = tuple(_tree(trainer.RunConfig))
+OWNED = tuple(dict.fromkeys(_tree(trainer.RunConfig) + _tree(DataConfig)))
 
 
 @contextmanager
@@ -292,19 +292,22 @@ def test_storage_options_take_what_fsspec_takes_and_round_trip(tmp_path):
                                  "nwb": {"storage_options": {"anon": True}}}))
     cfg = load_run_config(data=p)
     assert cfg.loader.storage_options == OPTIONS
-    assert cfg.nwb.storage_options == {"anon": True}
     again = tmp_path / "again.yaml"
     again.write_text(to_yaml(cfg))
     assert load_run_config(config=again) == cfg
+    data = load_config(p, DataConfig)  # the build's view of the same file
+    assert data.nwb.storage_options == {"anon": True}
+    again.write_text(to_yaml(data))
+    assert load_config(again, DataConfig) == data
 
 
 def test_storage_options_from_the_command_line(capsys):
     cfg = load_run_config(overrides=[("loader.storage_options.anon", "true"),
                                      ("loader.storage_options.client_kwargs",
-                                      "{region_name: x}"),
-                                     ("nwb.storage_options", "{anon: true}")])
+                                      "{region_name: x}")])
     assert cfg.loader.storage_options == {"anon": True, "client_kwargs": {"region_name": "x"}}
-    assert cfg.nwb.storage_options == {"anon": True}
+    data = override(DataConfig(), [("nwb.storage_options", "{anon: true}")])  # the build's
+    assert data.nwb.storage_options == {"anon": True}
 
 
 NOT_PLAIN = [

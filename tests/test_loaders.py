@@ -243,8 +243,8 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
     cfg_path.write_text(f"loader:\n  store: {tiny_store}\n  kind: zarr\n  mode: window\n"
                         "  batch_size: 4\n  num_workers: 0\n")
     dm = PolarDataModule(load_data_config(cfg_path))
-    assert dm.window_len == W and dm.n_units == (3, 4, 5)
-    assert 0 < dm.pixel_std and 0 < dm.pixel_mean < 255
+    assert dm.info.window_len == W and dm.info.n_units == (3, 4, 5)
+    assert 0 < dm.info.pixel_std and 0 < dm.info.pixel_mean < 255
     batch = next(iter(dm.train_dataloader()))
     assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.uint8
     # Lightning calls this after moving the batch to the model's device: frames normalised

@@ -45,17 +45,17 @@ def model(name, overrides=None, **kw):
 def batch(B=2, S=W + 3, hw=27, seed=0, saccade=True):
     g = torch.Generator().manual_seed(seed)
     stim = torch.randn(B, 1, S, hw, hw, generator=g)
-    gaze = torch.cumsum(torch.randn(B, S, 2, generator=g) * 0.02, 1)
+    eyepos = torch.cumsum(torch.randn(B, S, 2, generator=g) * 0.02, 1)
     if saccade:  # a 5 deg saccade over 3 bins in the middle
-        gaze[:, S // 2 :] += torch.tensor([5.0, -2.0])
-    return stim, gaze
+        eyepos[:, S // 2 :] += torch.tensor([5.0, -2.0])
+    return stim, eyepos
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_parameter_gets_a_gradient(name):
     m = model(name).train()
-    stim, gaze = batch()
-    out = m(stim, gaze, 0)
+    stim, eyepos = batch()
+    out = m(stim, eyepos, 0)
     y = torch.poisson(torch.full_like(out.log_rate, 0.5))
     loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
     if out.jepa_loss is not None:
@@ -69,9 +69,9 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_initial_log_rates_are_sane(name):
     m = model(name).eval()
-    stim, gaze = batch(B=4)
+    stim, eyepos = batch(B=4)
     with torch.no_grad():
-        out = m(stim, gaze, 0)
+        out = m(stim, eyepos, 0)
     lr = out.log_rate
     assert torch.isfinite(lr).all()
     assert lr.std() < 1.0 and abs(lr.mean() - math.log(RATE)) < 1.0
@@ -82,29 +82,29 @@ def test_initial_log_rates_are_sane(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_causal_and_time_ordered(name):
     m = model(name).eval()
-    stim, gaze = batch(S=W + 5)
+    stim, eyepos = batch(S=W + 5)
     with torch.no_grad():
-        ref = m(stim, gaze, 0).log_rate  # outputs for bins W-1 .. S-1
+        ref = m(stim, eyepos, 0).log_rate  # outputs for bins W-1 .. S-1
         cut = W + 1  # perturb bins > cut (frames and gaze)
-        s2, g2 = stim.clone(), gaze.clone()
+        s2, g2 = stim.clone(), eyepos.clone()
         s2[:, :, cut + 1 :] = torch.randn_like(s2[:, :, cut + 1 :])
         g2[:, cut + 1 :] += 3.0
         out = m(s2, g2, 0).log_rate
         k = cut - (W - 1)  # output index of bin `cut`
         assert torch.allclose(out[:, : k + 1], ref[:, : k + 1], atol=1e-6)
         assert not torch.allclose(out[:, k + 1 :], ref[:, k + 1 :])
-        rev = m(stim.flip(2), gaze.flip(1), 0).log_rate
+        rev = m(stim.flip(2), eyepos.flip(1), 0).log_rate
         assert not torch.allclose(rev, ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_window_mode_equals_clip_mode(name):
     m = model(name).eval()
-    stim, gaze = batch(S=W + 6)
+    stim, eyepos = batch(S=W + 6)
     with torch.no_grad():
-        clip = m(stim, gaze, 0).log_rate  # [B, L, N]
-        last = m(stim, gaze, 0, last_only=True).log_rate  # window mode on the same frames
-        first = m(stim[:, :, :W], gaze[:, :W], 0).log_rate
+        clip = m(stim, eyepos, 0).log_rate  # [B, L, N]
+        last = m(stim, eyepos, 0, last_only=True).log_rate  # window mode on the same frames
+        first = m(stim[:, :, :W], eyepos[:, :W], 0).log_rate
     assert last.shape[1] == 1 and clip.shape[1] == 7
     assert torch.allclose(last[:, 0], clip[:, -1], atol=1e-5)
     assert torch.allclose(first[:, 0], clip[:, 0], atol=1e-5)
@@ -259,11 +259,11 @@ def test_jepa_means_of_early_steps_equal_pooling_every_step():
     per-unit pooling): the same means, and the same per-unit features after ``first``, as
     pooling every step with every mask (``first = 0``)."""
     m = model("full").train()
-    stim, gaze = batch()
-    beh = m.behavior(*m.gaze(gaze, 0))
+    stim, eyepos = batch()
+    beh_code = m.behavior(*m.gaze(eyepos, 0))
     w = m.pooling_weights(0, pool=True)
-    feats, means = m.level_features(stim, beh, w, first=W - 1, pool=True)
-    every, every_means = m.level_features(stim, beh, w, first=0, pool=True)
+    feats, means = m.level_features(stim, beh_code, w, first=W - 1, pool=True)
+    every, every_means = m.level_features(stim, beh_code, w, first=0, pool=True)
     for level in range(len(feats)):
         assert means[level].shape == every_means[level].shape == (2, stim.shape[2], 72)
         torch.testing.assert_close(means[level], every_means[level], rtol=1e-5, atol=1e-6)
@@ -275,7 +275,7 @@ def test_model_pools_each_feature_map_by_the_readout_masks():
     features: a static model's amplitude/even/odd maps pooled by ``readout.pool``."""
     torch.manual_seed(0)
     m = model("static").eval()
-    stim, gaze = batch()
+    stim, eyepos = batch()
     w = m.pooling_weights(0, pool=False)
     feats, _ = m.level_features(stim, None, w, first=W - 1)
     B, S = stim.shape[0], stim.shape[2]
@@ -304,9 +304,9 @@ def test_saccade_gate_opens_only_for_saccades():
 
 def test_jepa_loss_bounded_reaches_gradient_and_teacher_moves_only_on_update():
     m = model("full").train()
-    stim, gaze = batch()
+    stim, eyepos = batch()
     teacher = [p.clone() for p in m.jepa.teacher.parameters()]
-    out = m(stim, gaze, 0)
+    out = m(stim, eyepos, 0)
     assert 0.0 <= float(out.jepa_loss.detach()) <= 2.0
     out.jepa_loss.backward()
     assert m.filters[0].theta.grad.abs().max() > 0  # JEPA alone trains the trunk
@@ -317,7 +317,7 @@ def test_jepa_loss_bounded_reaches_gradient_and_teacher_moves_only_on_update():
     m.update_teacher()
     assert not all(torch.equal(a, b) for a, b in zip(teacher, m.jepa.teacher.parameters()))
     m.eval()
-    assert m(stim, gaze, 0).jepa_loss is None
+    assert m(stim, eyepos, 0).jepa_loss is None
 
 
 def test_jepa_guard_names_both_numbers():
@@ -415,7 +415,7 @@ def test_written_out_dynamics_give_the_autograd_loss_and_gradients_in_less_memor
     """The model with the dynamics' written-out backward (the default) and with the
     step-by-step autograd reference (``autograd_dynamics: true``): the same loss and the
     same gradient for every parameter, and less than half the bytes kept for backward."""
-    stim, gaze = batch(S=W + 6)
+    stim, eyepos = batch(S=W + 6)
     grads = []
     for reference in (False, True):
         m = model(name, {"autograd_dynamics": reference}).train()
@@ -427,7 +427,7 @@ def test_written_out_dynamics_give_the_autograd_loss_and_gradients_in_less_memor
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = m(stim, gaze, 0)
+            out = m(stim, eyepos, 0)
         y = torch.poisson(torch.full_like(out.log_rate, 0.5),
                           generator=torch.Generator().manual_seed(2))
         loss = masked_poisson_nll(out.log_rate, y, torch.ones_like(y))
@@ -453,11 +453,11 @@ def test_bf16_autocast_keeps_gaze_in_float32(name):
     gaze_module = m.gaze if name == "full" else m.modulator
     seen = []
     gaze_module.register_forward_hook(lambda mod, args, out: seen.append(out))
-    stim, gaze = batch()
+    stim, eyepos = batch()
     with torch.no_grad():
-        ref = m(stim, gaze, 0).log_rate
+        ref = m(stim, eyepos, 0).log_rate
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = m(stim, gaze, 0).log_rate
+            mixed = m(stim, eyepos, 0).log_rate
     flat = [torch.utils._pytree.tree_leaves(o) for o in seen]
     assert all(t.dtype == torch.float32 for t in flat[1])
     for a, b in zip(flat[0], flat[1]):

@@ -13,6 +13,7 @@ from polar_data.loaders.batches import normalise_stim
 from polar_data.loaders.store_info import StoreInfo
 from polar_data.loaders.zarr_windows import ZarrWindows
 from polar_data.readers import read_session
+from polar_data.sessions.validity import valid_window_ends
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,21 @@ def test_predict_on_a_session_from_disk_matches_the_loader(trained, tiny_store, 
     assert invalid.any() and np.isnan(rates[invalid]).all()  # windows with lost gaze
 
 
+def test_predicted_rows_are_the_stores_window_rule(trained, tiny_sources):
+    """A row is predicted exactly where the store's rule calls its window valid (the input
+    one trial): every bin of the window_len ending there has finite gaze."""
+    model = polar_model.load(trained)
+    session = read_session(tiny_sources[1], target_rate_hz=model.rate_hz)
+    eyepos = session.eyepos.copy()
+    eyepos[[5, 40, 41, 90]] = np.nan  # runs of finite gaze shorter and longer than a window
+    rates = model.predict(session.stim, eyepos, session="s1")
+    finite = np.isfinite(eyepos).all(axis=1)
+    want = valid_window_ends(finite, np.zeros(len(finite), dtype=np.int64), model.window_len)
+    assert want.any() and not want.all()
+    np.testing.assert_array_equal(np.isfinite(rates).all(axis=1), want)
+    assert np.isnan(rates[~want]).all()
+
+
 def test_run_folder_and_checkpoint_carry_the_whole_config(trained):
     from polar_model.training.run_config import load_run_config, run_config_from_hparams
 
@@ -70,6 +86,6 @@ def test_run_folder_and_checkpoint_carry_the_whole_config(trained):
     hparams = torch.load(trained, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert run_config_from_hparams(hparams) == saved
     assert saved.model.name == "behavior" and saved.train.max_steps == 3
-    assert saved.loader.kind == "zarr" and saved.store.window_len is None
+    assert saved.loader.kind == "zarr" and not hasattr(saved, "store")  # the build's
     module = polar_model.load(trained).module  # the module's own configs are the tree's
     assert module.model_cfg == saved.model and module.train_cfg == saved.train

@@ -1,5 +1,6 @@
 """The one config tree of a run: every YAML under configs/ loads through the one loader,
-dotted command-line overrides, --print-config round trips, errors name key and file."""
+dotted command-line overrides, --print-config round trips, errors name key and file. (What a
+run's tree holds and refuses: tests/test_setting_homes.py.)"""
 
 import subprocess
 import sys
@@ -8,11 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from polar_data.config.data_config import DataConfig
-from polar_data.config.typed_yaml import ConfigError, split_overrides, to_dict
+from polar_data.config.data_config import DATA_SECTIONS, DataConfig, load_data_config
+from polar_data.config.typed_yaml import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    split_overrides,
+    to_dict,
+)
 from polar_model.config import BaselineConfig, PolarConfig
 from polar_model.training import trainer
 from polar_model.training.run_config import (
+    CLI_SECTIONS,
     SECTIONS,
     RunConfig,
     TrainConfig,
@@ -36,12 +44,15 @@ def _subset(want, have) -> bool:
 
 @pytest.mark.parametrize("path", DATA, ids=lambda p: p.name)
 def test_every_data_yaml_loads_with_its_sections(path):
-    cfg = load_run_config(data=path)
+    cfg = load_data_config(path)  # what the build reads
     assert isinstance(cfg, DataConfig)
     given = yaml.safe_load(path.read_text())
     for section in ("store", "loader", "demo", "nwb", "sessions"):
         if section in given:
             assert _subset(given[section], to_dict(getattr(cfg, section))), section
+    run = load_run_config(data=path)  # what training reads: the loader and the store
+    assert _subset(given.get("loader", {}), to_dict(run.loader))
+    assert run.loader.store == (cfg.loader.store or str(cfg.store.out_dir))
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
@@ -56,7 +67,7 @@ def test_every_model_yaml_loads_by_its_kind(path):
 def test_every_train_yaml_loads(path):
     cfg = load_run_config(train=path)
     assert isinstance(cfg.train, TrainConfig)
-    assert _subset(yaml.safe_load(path.read_text()), to_dict(cfg.train))
+    assert _subset(yaml.safe_load(path.read_text()) or {}, to_dict(cfg.train))  # {}: defaults
 
 
 def test_yaml_count():  # the globs above found the files
@@ -64,9 +75,16 @@ def test_yaml_count():  # the globs above found the files
 
 
 def _load(*argv, **files):
-    overrides, rest = split_overrides(list(argv), SECTIONS)
+    overrides, rest = split_overrides(list(argv), CLI_SECTIONS)
     assert rest == []
     return load_run_config(overrides=overrides, **files)
+
+
+def _load_data(*argv) -> DataConfig:
+    """The data config with dotted overrides, as pipelines/build_shards.py applies them."""
+    overrides, rest = split_overrides(list(argv), DATA_SECTIONS)
+    assert rest == []
+    return from_dict(DataConfig, apply_overrides(DataConfig, to_dict(DataConfig()), overrides))
 
 
 def test_dotted_overrides_of_every_value_type():
@@ -74,11 +92,10 @@ def test_dotted_overrides_of_every_value_type():
                 "--train.lr", "3e-3",                    # float (YAML 1.1 reads a string)
                 "--model.use_jepa=true",                 # bool, --key=value form
                 "--train.ema_decay", "0.99",
-                "--store.window_len", "null",            # None
+                "--loader.clip_len", "null",             # None
                 "--model.readout_weight_std", "~",
                 "--train.betas", "[0.8, 0.9]",           # list -> tuple
-                "--demo.gaze.blink_rate_hz", "0.5",      # nested dataclass key
-                "--store.splits", "{train: 0.8, val: 0.1, test: 0.1}",  # mapping
+                "--loader.storage_options", "{anon: true, client_kwargs: {region_name: x}}",
                 "--loader.batch_size", "16", "--loader.kind", "zarr",
                 "--model.name", "1e3",                   # a text field keeps its text
                 model=ROOT / "configs/model/full.yaml")
@@ -87,16 +104,24 @@ def test_dotted_overrides_of_every_value_type():
     assert m.name == "1e3" and m.jepa_delta == 4  # the file's other values stay
     assert cfg.train.lr == 3e-3 and isinstance(cfg.train.lr, float)
     assert cfg.train.betas == (0.8, 0.9) and cfg.train.ema_decay == 0.99
-    assert cfg.store.window_len is None and cfg.store.splits["train"] == 0.8
-    assert cfg.demo.gaze.blink_rate_hz == 0.5
+    assert cfg.loader.clip_len is None  # mapping:
+    assert cfg.loader.storage_options == {"anon": True, "client_kwargs": {"region_name": "x"}}
     assert cfg.loader.batch_size == 16 and cfg.loader.kind == "zarr"
+    data = _load_data("--store.window_len", "null",            # None
+                      "--demo.gaze.blink_rate_hz", "0.5",      # nested dataclass key
+                      "--store.splits", "{train: 0.8, val: 0.1, test: 0.1}")  # mapping
+    assert data.store.window_len is None and data.store.splits["train"] == 0.8
+    assert data.demo.gaze.blink_rate_hz == 0.5
 
 
 def test_override_a_key_inside_a_mapping_and_of_the_baseline():
-    cfg = _load("--store.splits.val", "0.2", "--store.splits.test", "0.1",
-                "--model.res_channels", "[16, 32]", model=ROOT / "configs/model/baseline.yaml")
-    assert cfg.store.splits == {"train": 0.7, "val": 0.2, "test": 0.1}
+    cfg = _load("--loader.storage_options.anon", "true", "--loader.storage_options.timeout",
+                "2.5", "--model.res_channels", "[16, 32]",
+                model=ROOT / "configs/model/baseline.yaml")
+    assert cfg.loader.storage_options == {"anon": True, "timeout": 2.5}
     assert isinstance(cfg.model, BaselineConfig) and cfg.model.res_channels == (16, 32)
+    data = _load_data("--store.splits.val", "0.2", "--store.splits.test", "0.1")
+    assert data.store.splits == {"train": 0.7, "val": 0.2, "test": 0.1}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -171,7 +196,7 @@ def test_defaults_are_the_readme_files():
     assert cfg == load_run_config(data=ROOT / "configs/data/demo.yaml",
                                   model=ROOT / "configs/model/full.yaml",
                                   train=ROOT / "configs/train/cpu_demo.yaml")
-    assert isinstance(RunConfig(), DataConfig)
+    assert not isinstance(RunConfig(), DataConfig)  # the build sections are the build's
 
 
 def test_the_script_prints_its_config():

@@ -18,9 +18,10 @@ from conftest import build_tiny, data_config, train_config
 from helpers import spike_times_from_counts, tiny_session
 
 import polar_model
-from polar_data.readers import write_nwb
+from polar_data.demo.nwb_writer import write_nwb
 from polar_model.training import report as evaluate
 from polar_model.training import trainer as train
+from polar_model.training.runs import metrics_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "configs/model/static.yaml")
@@ -175,12 +176,11 @@ def test_storage_option_secrets_are_in_no_file_of_the_run(tmp_path, tiny_store):
             assert s.encode() not in blob, (p, s)
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["loader"]["storage_options"]["endpoint_url"] == "file:///keep-me"
-    assert written["nwb"]["storage_options"]["anon"] == "false"
+    assert "nwb" not in written  # a build section: the build's, not in what a run records
     # read back for a resume: the placeholders are not credentials (the environment is)
     a, overrides = train.parse_args(["--config", str(out / "config.yaml")])
     again = train.resolve_config(a, overrides)
     assert again.loader.storage_options == {"endpoint_url": "file:///keep-me"}
-    assert again.nwb.storage_options == {"client_kwargs": {}, "anon": "false"}
 
 
 # ------------------------------------------------------------- 4: runs tied to their store
@@ -223,8 +223,9 @@ def test_allow_new_store_fine_tunes_and_records_the_earlier_store(run, other_sto
                   "--allow-new-store", steps=5) == 0
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)
-    facts = ckpt["data_facts"]
-    assert ckpt["global_step"] == 5 and facts["sessions"] == ["t0", "t1", "t2"]
+    facts = ckpt["data_facts"]  # the sessions are the spec's (a checkpoint says it once)
+    assert ckpt["global_step"] == 5
+    assert list(ckpt["hyper_parameters"]["spec"]["session_names"]) == ["t0", "t1", "t2"]
     (earlier,) = facts["previous_stores"]
     assert earlier["sessions"] == ["s0", "s1", "s2"]
     old = torch.load(last, map_location="cpu", weights_only=True)["data_facts"]
@@ -290,7 +291,7 @@ def test_a_run_shorter_than_its_first_validation_still_writes_a_scored_best(
     assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] == (
         last["global_step"])  # validated after the last step
     assert ends_by == "max_epochs" or last["global_step"] == 2
-    rows = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    rows = list(csv.DictReader(metrics_path(out).open()))
     assert [int(r["step"]) for r in rows if r.get("val/bps")] == [last["global_step"] - 1]
 
 
@@ -353,6 +354,6 @@ def test_an_exception_in_the_loop_saves_a_resumable_last_checkpoint(tmp_path, ti
     done = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)
     assert done["global_step"] == 6
-    rows = csv.DictReader((resumed / "logs" / "metrics.csv").open())
+    rows = csv.DictReader(metrics_path(resumed).open())
     trained = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert trained == list(range(step, 6)), trained  # the interrupted batch, then the rest

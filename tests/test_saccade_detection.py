@@ -80,3 +80,24 @@ def test_adaptive_threshold_follows_the_noise(gaze):
     enc.eval()
     q = enc(noisy[:, 2000:4000], 1)[1]
     assert (q > 0.5).float().mean() < 0.1
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "fixed"])
+def test_saccade_onsets_are_where_the_forward_gate_opens(gaze, detector):
+    """GazeEncoder.saccade_onsets (the report's detector) is the gate of the model's own
+    forward pass: the bins where its gate crosses 0.5, with the session's noise estimate as
+    it stands (not updated by the call, even in training mode)."""
+    eye, onsets, _ = gaze
+    enc = GazeEncoder(16, 1 / RATE, 2, 100.0, 0.05, detector=detector, n_sessions=2)
+    if detector == "adaptive":
+        enc.train()
+        enc(eye[:, :4000], 1)  # session 1's noise estimate, as training sets it
+    enc.eval()
+    with torch.no_grad():
+        q = enc(eye[:, :20000], 1)[1][0, :, 0].numpy() > 0.5
+    want = np.flatnonzero(q & ~np.r_[False, q[:-1]])
+    state = {k: v.clone() for k, v in enc.state_dict().items()}
+    got = enc.train().saccade_onsets(eye[0, :20000], 1).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert len(want) > 20 and enc.training
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in state.items())

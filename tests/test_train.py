@@ -15,12 +15,13 @@ from polar_data.loaders.store_info import StoreInfo
 from polar_model.training import report as evaluate
 from polar_model.training import trainer as train
 from polar_model.training.evaluation import predict_split, score
+from polar_model.training.runs import metrics_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _losses(run: Path) -> dict[int, float]:
-    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    rows = csv.DictReader(metrics_path(run).open())
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
@@ -42,11 +43,12 @@ def test_two_epochs_improve_validation_loss(tmp_path, small_demo_store):
     data = data_config(tmp_path, small_demo_store)
     run = tmp_path / "run"
     assert train.main(["--data", str(data), "--model", str(ROOT / "configs/model/minimal.yaml"),
-                       "--train", str(train_config(tmp_path, max_epochs=2)), "--out", str(run),
+                       "--train", str(train_config(tmp_path, max_epochs=2, head_lr_mult=1.0)),
+                       "--out", str(run),
                        "--no-progress"]) == 0
     ckpt = run / "checkpoints" / "last.ckpt"
     trained = EncodingModule.load_from_checkpoint(str(ckpt), map_location="cpu")
-    fresh = EncodingModule(**{k: trained.hparams[k] for k in ("model_cfg", "spec", "train_cfg")})
+    fresh = EncodingModule(**{k: trained.hparams[k] for k in ("run_config", "spec")})
     before, after = _val_nll(fresh, data), _val_nll(trained, data)
     assert after < before - 1e-3, (before, after)
 

@@ -54,14 +54,15 @@ class StoreConfig:
 
 @dataclass
 class LoaderConfig:
-    """How the DataModule reads a store (see polar_data.loaders.batches for the batch layout)."""
+    """How the DataModule reads a store (see polar_data.loaders.batches for the batch layout);
+    the defaults are the demo's (``configs/data/demo.yaml`` lists what it changes)."""
 
     store: str | None = None          # folder or URL (s3://...) of a built store; None: out_dir
     kind: Literal["wds", "zarr"] = "wds"  # streaming shards or random access
     mode: Literal["clip", "window"] = "clip"  # dense, all targets / the last bin of a window
-    batch_size: int = bounded(16, "[1, 8192]", "samples per batch, held in memory")
-    clip_len: int | None = bounded(  # clip mode: targets per sample (None: the store's)
-        None, "[1, 16384]")
+    batch_size: int = bounded(8, "[1, 8192]", "samples per batch, held in memory")
+    clip_len: int | None = bounded(  # clip mode: targets per sample (None: the store's own,
+        None, "[1, 16384]")          # which serves any store; the demo's data file cuts 32)
     eval_batch_size: int | None = bounded(None, "[1, 8192]", "samples per batch")
     num_workers: int = bounded(2, "[0, 256]")
     pin_memory: bool = False
@@ -100,6 +101,7 @@ class DataConfig:
 
 
 DATA_SECTIONS = ("sessions", "demo", "store", "nwb", "loader")  # DataConfig's keys
+BUILD_SECTIONS = ("sessions", "demo", "store", "nwb")  # what pipelines/build_shards.py reads
 
 
 def load_data_config(path: str | Path | None) -> DataConfig:

@@ -1,7 +1,7 @@
 """The training layer: everything that knows both the data (``polar_data``) and the models
 (the rest of ``polar_model``).
 
-* :mod:`.run_config` - the one typed config tree of a run (data, loader, model, train) and
+* :mod:`.run_config` - the one typed config tree of a run (loader, model, train) and
   its loader with dotted command-line overrides;
 * :mod:`.data_glue` - store facts -> :class:`polar_model.spec.DataSpec`, the window check,
   the data facts a checkpoint carries;

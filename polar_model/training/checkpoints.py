@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from polar_model.training.data_glue import store_differences
+from polar_model.training.data_glue import spec_facts, store_differences
 
 DATA_FACTS = "data_facts"
 # what torch.load raises on bytes that are not a checkpoint (truncated zip, garbage pickle)
@@ -88,15 +88,25 @@ def load_module(path: str | Path, ckpt: dict | None = None):
     return module.eval()
 
 
+def saved_facts(path: str | Path, ckpt: dict) -> dict:
+    """The data facts of the store a checkpoint was trained on, as
+    :func:`.data_glue.data_facts` gives them: its spec's (hyperparameter ``spec``) joined with
+    its ``data_facts`` (what the spec lacks). CheckpointError naming the file when it lacks
+    them (pipelines/train.py writes both into every checkpoint)."""
+    spec = ckpt["hyper_parameters"].get("spec")
+    facts = ckpt.get(DATA_FACTS)
+    if not isinstance(spec, dict) or not isinstance(facts, dict):
+        raise CheckpointError(f"{path}: the checkpoint lacks its data facts ('spec' and "
+                              f"{DATA_FACTS!r}, written by pipelines/train.py): retrain")
+    return {**spec_facts(spec), **facts}
+
+
 def check_same_store(path: str | Path, ckpt: dict, now: dict, store: str,
                      allow_new_store: bool = False) -> list[str]:
     """The ways the store at hand (``now``: its data facts, ``store``: its location) differs
     from the one the checkpoint was trained on; raises CheckpointError naming them unless
-    ``allow_new_store``. A checkpoint without data facts cannot be checked: []."""
-    saved = ckpt.get(DATA_FACTS)
-    if not isinstance(saved, dict):
-        return []
-    diffs = store_differences(saved, now)
+    ``allow_new_store``."""
+    diffs = store_differences(saved_facts(path, ckpt), now)
     if diffs and not allow_new_store:
         raise CheckpointError(
             f"{path} was trained on another store than {store}: " + "; ".join(diffs)

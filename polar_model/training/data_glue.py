@@ -1,7 +1,11 @@
-"""Store facts -> what the model layer needs (``DataSpec``), the window check before
-training, and the data facts a checkpoint carries: what :func:`polar_model.load` needs, and
-the store's identity, so that a resumed run or an evaluation on another store is refused
-(:func:`store_differences`)."""
+"""Store facts -> what the model layer needs (``DataSpec``), and the data facts of a store:
+what :func:`polar_model.load` needs beyond the spec, and the store's identity, so that a resumed
+run or an evaluation on another store is refused (:func:`store_differences`).
+
+A checkpoint carries each fact once: the spec (hyperparameter ``spec``: sessions, bin rate,
+window length, crop size, unit counts, mean rates) and ``data_facts`` with only what the spec
+lacks (:func:`checkpoint_facts`: pixel statistics, unit ids, the store's identity);
+:func:`.checkpoints.saved_facts` joins them again."""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ import fsspec
 from polar_data.loaders.store_info import StoreInfo, join
 from polar_data.store.checksum import sha256_bytes
 from polar_data.store.manifest import SEAL, load_manifest
-from polar_model.factory import check_window_len
 from polar_model.spec import DataSpec
 
 
@@ -23,23 +26,35 @@ def spec_of(info: StoreInfo) -> DataSpec:
                     session_names=info.sessions)
 
 
-def check_window(info: StoreInfo, model_cfg, model_ref) -> None:
-    """Stop before training when the store's windows are too short for the model
-    (ValueError naming the store, the model file and the rebuild command)."""
-    check_window_len(model_cfg, info.window_len, where=f"store {info.base}",
-                     model_ref=str(model_ref))
+# data facts the spec holds, each with its DataSpec field: a checkpoint keeps them in its spec
+SPEC_FACTS = {"sessions": "session_names", "rate_hz": "rate_hz", "window_len": "window_len",
+              "frame_hw": "frame_hw"}
 
 
 def data_facts(info: StoreInfo, identity: dict | None = None) -> dict:
-    """The checkpoint entry :class:`.predictor.Predictor` needs, from a store's
-    ``StoreInfo``: pixel statistics, bin rate, window length, session names and each
-    session's recording unit ids; plus ``identity`` (:func:`store_identity`) when given."""
+    """The facts of a store, from its ``StoreInfo``, as a checkpoint's are compared with
+    them (:func:`store_differences`): pixel statistics, bin rate, window length, crop size,
+    session names and each session's recording unit ids; plus ``identity``
+    (:func:`store_identity`) when given. A checkpoint stores :func:`checkpoint_facts` of
+    them."""
     return {"sessions": list(info.sessions), "rate_hz": info.rate_hz,
             "window_len": info.window_len, "pixel_mean": info.pixel_mean,
             "pixel_std": info.pixel_std, "frame_hw": list(info.frame_hw),
             "unit_ids": {n: [int(u) for u in ids] for n, ids in zip(info.sessions,
                                                                    info.unit_ids)},
             **(identity or {})}
+
+
+def checkpoint_facts(facts: dict) -> dict:
+    """The part of ``facts`` (:func:`data_facts`) a checkpoint's ``data_facts`` carries:
+    what its spec lacks (:data:`SPEC_FACTS` live in the spec)."""
+    return {k: v for k, v in facts.items() if k not in SPEC_FACTS}
+
+
+def spec_facts(spec: dict) -> dict:
+    """The data facts a checkpoint's spec (hyperparameter ``spec``, a dict) holds."""
+    return {fact: list(spec[name]) if isinstance(spec[name], list | tuple) else spec[name]
+            for fact, name in SPEC_FACTS.items()}
 
 
 def _split_settings(manifest: dict, info: StoreInfo, storage_options: dict | None) -> dict:

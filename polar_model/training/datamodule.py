@@ -13,10 +13,10 @@ from polar_data.loaders.zarr_windows import LocalityBatchSampler, ZarrWindows, i
 
 
 class PolarDataModule(L.LightningDataModule):
-    """Train / val / test loaders from ``cfg.loader``; exposes the store's facts.
+    """Train / val / test loaders from ``cfg.loader``.
 
-    Attributes after construction: ``info`` (StoreInfo), ``window_len``, ``n_units`` (per
-    session), ``pixel_mean``/``pixel_std``, ``rate_hz``, ``frame_hw``, ``sessions``.
+    Attributes after construction: ``base`` (the store's folder or URL) and ``info`` (its
+    :class:`StoreInfo`: window length, units per session, pixel statistics and the rest).
     Workers are persistent (the streaming loader's epoch counter lives in them).
     Batches cross from the workers with uint8 frames; :meth:`on_after_batch_transfer`
     normalises them once Lightning has moved them to the model's device.
@@ -28,24 +28,17 @@ class PolarDataModule(L.LightningDataModule):
         lc = cfg.loader
         self.base = lc.store if lc.store is not None else str(cfg.store.out_dir)
         self.info = StoreInfo.load(self.base, lc.storage_options)
-        self.window_len = self.info.window_len
-        self.n_units = self.info.n_units
-        self.pixel_mean, self.pixel_std = self.info.pixel_mean, self.info.pixel_std
-        self.rate_hz, self.frame_hw, self.sessions = (self.info.rate_hz, self.info.frame_hw,
-                                                      self.info.sessions)
 
     def _start_epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else 0
+        return int(self.trainer.current_epoch) if self.trainer is not None else 0
 
     def _done_in_epoch(self, batches_per_epoch: int) -> int:
         """Batches of the current epoch already trained: non-zero only when Lightning has
         restored a checkpoint saved mid-epoch (one optimizer step per batch, every epoch
         ``batches_per_epoch`` long, so ``global_step = epoch x batches_per_epoch + done``)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
+        if self.trainer is None:
             return 0
-        done = int(trainer.global_step) - self._start_epoch() * batches_per_epoch
+        done = int(self.trainer.global_step) - self._start_epoch() * batches_per_epoch
         return done if 0 < done < batches_per_epoch else 0
 
     def loader(self, split: str, train: bool) -> DataLoader:
@@ -77,7 +70,7 @@ class PolarDataModule(L.LightningDataModule):
         """Lightning calls this after moving a batch to the model's device (train, val,
         test): uint8 frames -> float32 ``(x - pixel_mean) / pixel_std`` of this store, on
         that device (so uint8 crosses PCIe too)."""
-        return normalise_stim(batch, self.pixel_mean, self.pixel_std)
+        return normalise_stim(batch, self.info.pixel_mean, self.info.pixel_std)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from polar_data.config.typed_yaml import from_dict, to_dict
+from polar_data.config.typed_yaml import to_dict
 from polar_data.loaders.batches import (
     BEHAVIOR,
     DFS,
@@ -29,12 +29,12 @@ from polar_data.loaders.batches import (
     as_clip,
     session_of,
 )
-from polar_model.config import config_from_dict
+from polar_model.config import PolarConfig
 from polar_model.factory import build_model
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator
 from polar_model.spec import DataSpec
-from polar_model.training.run_config import TrainConfig
+from polar_model.training.run_config import RunConfig, TrainConfig, run_config_from_hparams
 
 
 def _grad_norm(loss: torch.Tensor, params: list) -> float:
@@ -51,33 +51,37 @@ def _nanmean(x: torch.Tensor) -> torch.Tensor:
 class EncodingModule(L.LightningModule):
     """Wraps an EncodingModel for training and evaluation.
 
-    Args:
-        model_cfg: the model YAML as a dict (stored in the checkpoint's hyperparameters).
-        spec: DataSpec fields as a dict (from the DataModule / store).
-        train_cfg: TrainConfig fields as a dict.
-        run_config: the run's whole config tree as a dict (``RunConfig``; saved with the
-            checkpoint, see :func:`.run_config.run_config_from_hparams`), or None.
+    Its hyperparameters (what a checkpoint carries of the settings, each once):
+
+        run_config: the run's whole config tree as a dict (``RunConfig``: loader, model,
+            train; storage-option secrets redacted), see
+            :func:`.run_config.run_config_from_hparams`;
+        spec: the :class:`~polar_model.spec.DataSpec` fields as a dict (from the store).
+
+    ``model_cfg`` and ``train_cfg`` are the tree's ``model`` and ``train`` sections.
     """
 
-    def __init__(self, model_cfg: dict, spec: dict, train_cfg: dict,
-                 run_config: dict | None = None):
+    def __init__(self, run_config: dict, spec: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.model_cfg = config_from_dict(model_cfg)
+        tree = run_config_from_hparams(self.hparams)
+        self.model_cfg, self.train_cfg = tree.model, tree.train
         self.spec = DataSpec(**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in spec.items()})
-        self.train_cfg = from_dict(TrainConfig, train_cfg)
         self.model = build_model(self.model_cfg, self.spec)
-        self.lambda_jepa = float(getattr(self.model_cfg, "lambda_jepa", 0.0) or 0.0)
+        self.lambda_jepa = (self.model_cfg.lambda_jepa
+                            if isinstance(self.model_cfg, PolarConfig) else 0.0)
         self._jepa_scale = 1.0   # from the last gradient-ratio measurement (not saved)
         self._val = None
 
     @classmethod
     def create(cls, model_cfg, spec: DataSpec, train_cfg: TrainConfig,
-               run_config=None) -> EncodingModule:
-        """From typed configs; ``run_config``: the run's whole tree (saved with it)."""
-        return cls(to_dict(model_cfg), to_dict(asdict(spec)), to_dict(asdict(train_cfg)),
-                   None if run_config is None else to_dict(run_config))
+               run_config: RunConfig | None = None) -> EncodingModule:
+        """From typed configs: ``run_config`` (the run's whole tree; default: the defaults)
+        gives the loader section, ``model_cfg`` and ``train_cfg`` the model and train ones."""
+        tree = to_dict(run_config if run_config is not None else RunConfig())
+        return cls({**tree, "model": to_dict(model_cfg), "train": to_dict(train_cfg)},
+                   to_dict(asdict(spec)))
 
     def forward(self, batch: Batch):
         """``batch`` with normalised frames (:func:`polar_data.loaders.batches.normalise_stim`)."""
@@ -97,14 +101,14 @@ class EncodingModule(L.LightningModule):
         ``jepa_warmup_steps``, times a scale that keeps the JEPA gradient on the shared
         front-end parameters at most ``jepa_max_grad_ratio`` x the Poisson NLL's (measured
         every ``jepa_balance_every`` steps; both gradients by ``torch.autograd.grad``)."""
-        cfg = self.model_cfg
+        cfg = self.model_cfg  # a PolarConfig with JEPA: only such a model has a JEPA loss
         w = self.lambda_jepa
-        warm = getattr(cfg, "jepa_warmup_steps", 0)
+        warm = cfg.jepa_warmup_steps
         step = self.global_step if self._trainer is not None else 0
         if warm:
             w *= min(1.0, (step + 1) / warm)
-        ratio = getattr(cfg, "jepa_max_grad_ratio", None)
-        if ratio is None or w == 0 or getattr(cfg, "jepa_stop_grad", False):
+        ratio = cfg.jepa_max_grad_ratio
+        if ratio is None or w == 0 or cfg.jepa_stop_grad:
             return w
         if step % max(1, cfg.jepa_balance_every) == 0 and self.training:
             shared = self.model.shared_parameters()

@@ -1,9 +1,9 @@
 """A trained model anyone can use: ``polar_model.load(ckpt).predict(stim, eyepos, session)``.
 
-The checkpoint carries everything prediction needs (the trainer writes it under
-``checkpoint["data_facts"]``, see :func:`.data_glue.data_facts`): the store's pixel
-statistics, bin rate, window length, session names and each session's recording unit ids, so
-no store or loader is needed.
+The checkpoint carries everything prediction needs, each fact once: the module's spec holds
+the bin rate, window length, crop size and session names; ``checkpoint["data_facts"]`` (the
+trainer writes :func:`.data_glue.checkpoint_facts`) the store's pixel statistics and each
+session's recording unit ids; so no store or loader is needed.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from polar_data.loaders.batches import normalise_stim
+from polar_data.sessions.validity import valid_window_ends
 from polar_model.training.checkpoints import (
     DATA_FACTS,
-    CheckpointError,
     load_module,
     read_checkpoint,
+    saved_facts,
 )
+from polar_model.training.data_glue import checkpoint_facts
 
 
 class Predictor:
@@ -32,14 +34,17 @@ class Predictor:
     """
 
     def __init__(self, module, facts: dict, device: str | torch.device = "cpu"):
+        """``facts``: the checkpoint's data facts (pixel statistics, unit ids); the rest
+        comes from ``module.spec``."""
         self.module = module.to(device).eval()
         self.device = torch.device(device)
-        self.sessions = tuple(facts["sessions"])
-        self.rate_hz = float(facts["rate_hz"])
-        self.window_len = int(facts["window_len"])
+        spec = module.spec
+        self.sessions = tuple(spec.session_names)
+        self.rate_hz = float(spec.rate_hz)
+        self.window_len = int(spec.window_len)
         self.pixel_mean = float(facts["pixel_mean"])
         self.pixel_std = float(facts["pixel_std"])
-        self.frame_hw = tuple(facts["frame_hw"])
+        self.frame_hw = tuple(spec.frame_hw)
         self._unit_ids = {k: np.asarray(v, dtype=np.int64) for k, v in facts["unit_ids"].items()}
 
     def unit_ids(self, session: str) -> np.ndarray:
@@ -60,7 +65,8 @@ class Predictor:
         ``eyepos``: float32 ``[T, 2]`` gaze in degrees (x right, y up). Bin ``t`` is predicted
         from the window of ``window_len`` bins ending at ``t`` (as the window-mode loader
         does), so rows before the first full window, and rows whose window holds a bin
-        without valid (finite) gaze, are NaN.
+        without valid (finite) gaze, are NaN: the store's window rule
+        (:func:`polar_data.sessions.validity.valid_window_ends`), the input one trial.
         """
         index = self.sessions.index(self._check_session(session))
         stim = np.asarray(stim)
@@ -74,12 +80,7 @@ class Predictor:
         n_units = len(self._unit_ids[session])
         out = np.full((T, n_units), np.nan, dtype=np.float32)
         finite = np.isfinite(eyepos).all(axis=1)
-        run = np.zeros(T, dtype=np.int64)  # valid bins ending at t
-        count = 0
-        for t in range(T):
-            count = count + 1 if finite[t] else 0
-            run[t] = count
-        ends = np.flatnonzero(run >= W)
+        ends = np.flatnonzero(valid_window_ends(finite, np.zeros(T, dtype=np.int64), W))
         offsets = np.arange(-W + 1, 1)
         for i in range(0, len(ends), batch_size):
             e = ends[i : i + batch_size]
@@ -87,17 +88,18 @@ class Predictor:
             # uint8 to the device, normalised there as training normalised its batches
             x = normalise_stim(torch.from_numpy(stim[rows]).unsqueeze(1).to(self.device),
                                self.pixel_mean, self.pixel_std)
-            beh = torch.from_numpy(eyepos[rows]).to(self.device)
-            log_rate = self.module.model(x, beh, index, last_only=True).log_rate
+            eyepos_rows = torch.from_numpy(eyepos[rows]).to(self.device)
+            log_rate = self.module.model(x, eyepos_rows, index, last_only=True).log_rate
             out[e] = log_rate[:, -1].exp().float().cpu().numpy()
         return out
 
 
 class SaveDataFacts(L.Callback):
-    """Writes ``facts`` (see :func:`.data_glue.data_facts`) into every checkpoint."""
+    """Writes the part of ``facts`` (:func:`.data_glue.data_facts`) that the spec lacks
+    (:func:`.data_glue.checkpoint_facts`) into every checkpoint."""
 
     def __init__(self, facts: dict):
-        self.facts = facts
+        self.facts = checkpoint_facts(facts)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint[DATA_FACTS] = self.facts
@@ -110,8 +112,5 @@ def load(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Predictor
     checkpoint carrying anything but tensors and plain data is refused, never run; refused,
     empty or truncated files raise :class:`.checkpoints.CheckpointError` naming the file."""
     ckpt = read_checkpoint(ckpt_path)
-    if DATA_FACTS not in ckpt:
-        raise CheckpointError(f"{ckpt_path}: the checkpoint lacks {DATA_FACTS!r} (written by "
-                              "pipelines/train.py since this version); retrain, or build a "
-                              "Predictor yourself from the store's StoreInfo")
-    return Predictor(load_module(ckpt_path, ckpt), ckpt[DATA_FACTS], device)
+    facts = saved_facts(ckpt_path, ckpt)  # CheckpointError naming the file when it lacks them
+    return Predictor(load_module(ckpt_path, ckpt), facts, device)

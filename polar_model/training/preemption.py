@@ -43,6 +43,9 @@ class SaveLast(L.Callback):
 
     def __init__(self, dirpath: str | Path):
         self.path = Path(dirpath) / LAST
+        self._training = False      # inside the training loop
+        self._previous = None       # the SIGUSR1 handler this callback replaced
+        self._saved_step = None     # the optimizer step of the last save
 
     def on_train_start(self, trainer, pl_module):
         self._training = True
@@ -59,9 +62,8 @@ class SaveLast(L.Callback):
             self._previous = signal.signal(signal.SIGUSR1, stop)
 
     def _restore(self):
-        previous = getattr(self, "_previous", None)
-        if previous is not None:
-            signal.signal(signal.SIGUSR1, previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
             self._previous = None
 
     def teardown(self, trainer, pl_module, stage):
@@ -83,7 +85,7 @@ class SaveLast(L.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):
             self._save(trainer)
-        elif getattr(self, "_training", False):
+        elif self._training:
             self._save_after_failure(trainer, exception)
         self._training = False
         self._restore()
@@ -94,7 +96,7 @@ class SaveLast(L.Callback):
         if trainer.world_size > 1:
             note = (f"{where}; no checkpoint saved after the failure under DDP (the other "
                     f"ranks are not at a save); {self.path} is the last validation's")
-        elif getattr(self, "_saved_step", None) == trainer.global_step:
+        elif self._saved_step == trainer.global_step:
             # nothing trained since the last save (e.g. at the validation of this step):
             # that checkpoint is the exact one, keep it
             note = (f"{where}; {self.path} was saved at that step: resume with "

@@ -17,6 +17,7 @@ Every plot is written as PNG and PDF.
     bps_scatter.png             per-unit val BPS of each model against the baseline's
     saccade_traces.png          observed vs predicted rates around saccades
     saccade_triggered.png       saccade-triggered average response, observed vs predicted
+                                (onsets: the first behaviour model's own saccade gate)
     filters.png                 the learned quadrature filters per level (Polar-V1 models)
     saccade_gain.png            learned saccade-locked gain per unit (behaviour models), with
                                 the demo's ground-truth curve on demo stores
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,6 +47,8 @@ from polar_data.demo.population import PopulationParams, saccade_gain_curve  # n
 from polar_data.loaders.store_info import StoreInfo  # noqa: E402
 from polar_data.schema import StoreError  # noqa: E402
 from polar_data.store.zarr_groups import open_store  # noqa: E402
+from polar_model.config import PolarConfig  # noqa: E402
+from polar_model.gaze import GazeEncoder, kinematics  # noqa: E402
 from polar_model.training import REPO  # noqa: E402
 from polar_model.training.checkpoints import (  # noqa: E402
     CheckpointError,
@@ -56,8 +60,8 @@ from polar_model.training.data_glue import data_facts, store_identity  # noqa: E
 from polar_model.training.evaluation import predict_split, score  # noqa: E402
 from polar_model.training.lit_module import EncodingModule  # noqa: E402
 from polar_model.training.run_config import DATA_SECTIONS  # noqa: E402
+from polar_model.training.runs import metrics_path  # noqa: E402
 
-ROOT = REPO
 SPLITS = ("val", "test")
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 9,
                      "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7,
@@ -98,20 +102,29 @@ def load(ckpt: Path, info: StoreInfo | None = None, facts: dict | None = None
     return module
 
 
-def label(ckpt: Path, module: EncodingModule) -> str:
-    return getattr(module.model_cfg, "name", ckpt.stem)
+def saccade_detector(modules: dict, eyepos: np.ndarray, session: int,
+                     rate_hz: float) -> GazeEncoder:
+    """The saccade gate the report's onsets come from: the first behaviour model's own
+    (:class:`~polar_model.gaze.GazeEncoder`: its fitted threshold, its noise estimate for
+    ``session``). With no behaviour model among ``modules``, the default model's detector
+    (``PolarConfig()``), its noise estimated from this session's gaze ``eyepos [T, 2]`` (deg,
+    finite bins) as training estimates it."""
+    for m in modules.values():
+        if hasattr(m.model, "gaze"):
+            return m.model.gaze
+    detector = GazeEncoder.from_config(PolarConfig(), 1.0 / rate_hz, session + 1)
+    with torch.no_grad():
+        v, _ = kinematics(torch.as_tensor(eyepos, dtype=torch.float32)[None], 1.0 / rate_hz)
+        detector.train().noise_of(v[:, torch.isfinite(v).all(-1)[0]], session)
+    return detector.eval()
 
 
-def saccade_onsets(eyepos: np.ndarray, rate_hz: float, lam: float = 6.0) -> np.ndarray:
-    """Onset bins of (micro)saccades: backward-difference speed above ``lam`` x the
-    session's median-based velocity noise per component (Engbert & Kliegl), as the
-    behaviour models' adaptive gate does."""
-    v = np.zeros_like(eyepos, dtype=np.float64)
-    v[1:] = np.diff(eyepos, axis=0) * rate_hz
-    ok = np.isfinite(v).all(1)
-    sigma = np.sqrt(np.maximum(np.median(v[ok] ** 2, 0) - np.median(v[ok], 0) ** 2, 1e-6))
-    fast = np.nan_to_num(np.linalg.norm(v / sigma, axis=1)) > lam
-    return np.flatnonzero(fast & ~np.roll(fast, 1))
+def saccade_onsets(modules: dict, eyepos: np.ndarray, session: int,
+                   rate_hz: float) -> np.ndarray:
+    """Onset bins of the (micro)saccades in one session's gaze ``eyepos [T, 2]`` (deg): where
+    :func:`saccade_detector`'s gate opens (:meth:`GazeEncoder.saccade_onsets`)."""
+    detector = saccade_detector(modules, eyepos, session, rate_hz)
+    return detector.saccade_onsets(torch.as_tensor(eyepos), session).cpu().numpy()
 
 
 def plot_scatter(results: dict, base: str, out: Path) -> None:
@@ -132,16 +145,18 @@ def plot_scatter(results: dict, base: str, out: Path) -> None:
     save(fig, out, "bps_scatter")
 
 
-def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
+def plot_saccades(preds: dict, modules: dict, info: StoreInfo, out: Path) -> None:
+    """The first session's saccade-triggered averages and traces, at the onsets of
+    :func:`saccade_onsets` on its gaze."""
     root = open_store(f"{info.base}/zarr")
     name0 = next(iter(preds))
     s = 0
     sp = preds[name0][s]
-    eye = root[sp.name]["eyepos"][...]
-    on = saccade_onsets(eye, info.rate_hz)
+    eyepos = root[sp.name]["eyepos"][...]
+    on = saccade_onsets(modules, eyepos, s, info.rate_hz)
     pre, post = int(0.1 * info.rate_hz), int(0.3 * info.rate_hz)
-    ok = [o for o in on if o - pre >= 0 and o + post < len(eye) and sp.dfs[o - pre : o + post]
-          .any(1).all()]
+    ok = [o for o in on if o - pre >= 0 and o + post < len(eyepos)
+          and sp.dfs[o - pre : o + post].any(1).all()]
     t = (np.arange(-pre, post) / info.rate_hz) * 1000
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if ok:
@@ -163,7 +178,7 @@ def plot_saccades(preds: dict, info: StoreInfo, out: Path) -> None:
     if not ok:
         return
     o = ok[len(ok) // 2]
-    a, b = max(o - int(0.5 * info.rate_hz), 0), min(o + int(1.5 * info.rate_hz), len(eye))
+    a, b = max(o - int(0.5 * info.rate_hz), 0), min(o + int(1.5 * info.rate_hz), len(eyepos))
     units = np.argsort(-np.nan_to_num(sp.bps()))[:3]
     fig, axes = plt.subplots(len(units), 1, figsize=(7, 2 * len(units)), sharex=True)
     tt = np.arange(a, b) / info.rate_hz
@@ -203,11 +218,11 @@ def plot_filters(modules: dict, out: Path) -> None:
 
 def plot_saccade_gain(modules: dict, info: StoreInfo, out: Path) -> None:
     """Gain exp(kernel) against time after saccade onset: every unit thin, median thick."""
-    beh = {k: m for k, m in modules.items() if hasattr(m.model, "saccade_gain")}
-    if not beh:
+    behaviour = {k: m for k, m in modules.items() if hasattr(m.model, "saccade_gain")}
+    if not behaviour:
         return
-    fig, axes = plt.subplots(1, len(beh), figsize=(4 * len(beh), 3), squeeze=False)
-    for ax, (name, m) in zip(axes[0], beh.items()):
+    fig, axes = plt.subplots(1, len(behaviour), figsize=(4 * len(behaviour), 3), squeeze=False)
+    for ax, (name, m) in zip(axes[0], behaviour.items()):
         gains = np.concatenate([np.exp(sg.kernel.detach().numpy())
                                 for sg in m.model.saccade_gain])  # [units, K]
         ms = np.arange(gains.shape[1]) / info.rate_hz * 1000
@@ -248,7 +263,7 @@ def plot_readouts(modules: dict, out: Path) -> None:
 def plot_curves(ckpts: dict, out: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, ckpt in ckpts.items():
-        log = ckpt.parent.parent / "logs" / "metrics.csv"
+        log = metrics_path(ckpt.parent.parent)
         if not log.is_file():
             continue
         rows = list(csv.DictReader(log.open()))
@@ -297,9 +312,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", type=Path)
-    p.add_argument("--data", type=Path, default=ROOT / "configs/data/demo.yaml",
+    p.add_argument("--data", type=Path, default=REPO / "configs/data/demo.yaml",
                    help="data config; any key can be set with --<section>.<key> VALUE")
-    p.add_argument("--out", type=Path, default=ROOT / "reports/latest")
+    p.add_argument("--out", type=Path, default=REPO / "reports/latest")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved data config as YAML and exit")
@@ -328,7 +343,7 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     modules, ckpts, results, preds = {}, {}, {}, {}
     for ckpt, m in loaded:
-        name = label(ckpt, m)
+        name = m.model_cfg.name
         if name in modules:
             name = f"{name}:{ckpt.parent.parent.name}"
         modules[name], ckpts[name] = m, ckpt
@@ -346,7 +361,7 @@ def main(argv=None) -> int:
                 next(iter(modules)))
     table = write_summary(results, a.out)
     plot_scatter(results, base, a.out)
-    plot_saccades(preds, info, a.out)
+    plot_saccades(preds, modules, info, a.out)
     plot_filters(modules, a.out)
     plot_saccade_gain(modules, info, a.out)
     plot_readouts(modules, a.out)

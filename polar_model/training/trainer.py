@@ -7,13 +7,18 @@
     python pipelines/train.py --config runs/full/config.yaml     # a run's whole config again
     python pipelines/train.py --resume runs/full/checkpoints/last.ckpt
 
-The run's config is one tree (data sections, ``model``, ``train``; see
-:mod:`polar_model.training.run_config`): ``--data``, ``--model``, ``--train`` name the files
-of its parts (defaults: configs/data/demo.yaml, configs/model/full.yaml,
-configs/train/cpu_demo.yaml, unless ``--config`` gives a whole tree) and any key can be set
-with its dotted name (``--<section>.<key> VALUE``, YAML values: ``null``, ``true``,
-``[16, 32]``). The tree is written whole to ``<run>/config.yaml`` and into every checkpoint
-(storage-option secrets redacted, see Safety below).
+The run's config is one tree of what training reads (``loader``, with the store's location
+``loader.store``; ``model``; ``train``; see :mod:`polar_model.training.run_config`):
+``--data``, ``--model``, ``--train`` name the files of its parts (defaults:
+configs/data/demo.yaml, configs/model/full.yaml, configs/train/cpu_demo.yaml, unless
+``--config`` gives a whole tree) and any key can be set with its dotted name
+(``--<section>.<key> VALUE``, YAML values: ``null``, ``true``, ``[16, 32]``). Of a data file
+training reads the loader section and the store's location (``loader.store``, else
+``store.out_dir``); a build setting on the command line (``--store.window_len 20``) is an
+error naming where it belongs (``pipelines/build_shards.py``): the window length and the
+other facts of a build are read from the store. The tree is written whole to
+``<run>/config.yaml`` and into every checkpoint (storage-option secrets redacted, see Safety
+below).
 
 Preemption: on SIGTERM (or SIGUSR1) the current batch finishes, ``last.ckpt`` is saved and the
 process exits with status 0; requeue the job with ``--resume <run>/checkpoints/last.ckpt``.
@@ -30,7 +35,9 @@ Safety:
   refused, naming it) and refuses a store other than the one the run was trained on (other
   sessions, unit ids, split seed or fractions, trials per split, source files: each named);
   ``--allow-new-store`` fine-tunes on another store of the same model shape, and the new
-  checkpoints list the earlier stores under ``data_facts["previous_stores"]``.
+  checkpoints list the earlier stores under ``data_facts["previous_stores"]``. A checkpoint
+  carries each setting once: hyperparameters ``run_config`` (the tree) and ``spec`` (the
+  store's facts that shape the model), and ``data_facts`` (what the spec lacks).
 * Storage options are redacted in everything the run writes (``config.yaml``,
   ``hparams.yaml``, TensorBoard events, checkpoints): give credentials through the
   environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or a
@@ -61,7 +68,7 @@ import lightning as L
 import numpy as np
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -69,15 +76,15 @@ from polar_data.config.storage_options import config_secrets, redact_config, usa
 from polar_data.config.typed_yaml import ConfigError, split_overrides, to_yaml
 from polar_data.schema import StoreError
 from polar_data.store.build_lock import LOCK_NAME, BuildLocked, folder_lock
+from polar_model.factory import WindowTooShort
 from polar_model.training import REPO
 from polar_model.training.checkpoints import (
-    DATA_FACTS,
     check_same_store,
     check_shapes,
     read_checkpoint,
+    saved_facts,
 )
 from polar_model.training.data_glue import (
-    check_window,
     data_facts,
     identity_of,
     spec_of,
@@ -89,12 +96,13 @@ from polar_model.training.placement import place_readouts
 from polar_model.training.predictor import SaveDataFacts
 from polar_model.training.preemption import SaveLast, ValidateAtEnd
 from polar_model.training.run_config import (
-    SECTIONS,
+    CLI_SECTIONS,
     RunConfig,
     TrainConfig,
     load_run_config,
     write_run_config,
 )
+from polar_model.training.runs import csv_logger
 
 RUN_LOCK = LOCK_NAME + ".train"  # <run>/.build.lock.train: one training per run folder
 
@@ -105,7 +113,7 @@ DEFAULTS = {"data": REPO / "configs/data/demo.yaml", "model": REPO / "configs/mo
 def parse_args(argv=None):
     """(argparse namespace, dotted overrides). ``--max-steps N`` is ``--train.max_steps N``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = split_overrides(argv, SECTIONS)
+    overrides, rest = split_overrides(argv, CLI_SECTIONS)  # build keys: refused by name
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path,
@@ -180,7 +188,7 @@ def check_resume(a, module: EncodingModule, facts: dict, base: str) -> dict:
     ckpt = read_checkpoint(a.resume)
     diffs = check_same_store(a.resume, ckpt, facts, base, a.allow_new_store)
     check_shapes(a.resume, ckpt, module)
-    saved = ckpt.get(DATA_FACTS) or {}
+    saved = saved_facts(a.resume, ckpt)
     previous = list(saved.get("previous_stores", []))
     if diffs:
         print(f"fine-tuning on another store than {a.resume}'s: " + "; ".join(diffs),
@@ -214,7 +222,7 @@ def make_trainer(tc: TrainConfig, out: Path, a) -> L.Trainer:
     return L.Trainer(
         default_root_dir=out, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
         gradient_clip_val=tc.grad_clip, callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""),
+        logger=[csv_logger(out),
                 TensorBoardLogger(out, name="tb", version="")],
         val_check_interval=tc.val_every_steps, check_val_every_n_epoch=None,
         log_every_n_steps=tc.log_every_steps, precision=tc.precision,
@@ -237,9 +245,9 @@ def main(argv=None) -> int:
         if a.allow_new_store and a.resume is None:
             raise ConfigError("--allow-new-store goes with --resume CKPT")
         dm = PolarDataModule(cfg)
-        check_window(dm.info, cfg.model, a.model or cfg.model.name)
         check_batches(dm)
         facts = data_facts(dm.info, store_identity(dm.info, cfg.loader.storage_options))
+        module = build_module(cfg, dm, a.model)  # the one window check of a training
     except (ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -250,18 +258,31 @@ def main(argv=None) -> int:
               "takes credentials from the environment (AWS_*) or a profile", file=sys.stderr)
     try:
         with run_folder_lock(out):
-            return _train(a, cfg, tc, dm, facts, out)
+            return _train(a, cfg, tc, dm, module, facts, out)
     except BuildLocked as e:
         print(f"error: run folder {out}: {e}", file=sys.stderr)
         return 2
 
 
-def _train(a, cfg: RunConfig, tc: TrainConfig, dm: PolarDataModule, facts: dict,
-           out: Path) -> int:
-    """Build the module and trainer and fit (``main`` holds the run folder)."""
-    L.seed_everything(tc.seed, workers=True)
+def build_module(cfg: RunConfig, dm: PolarDataModule, model_file: Path | None
+                 ) -> EncodingModule:
+    """The module to train, seeded with ``train.seed`` (the model's initial weights follow
+    it). Building the model checks the store's window length once
+    (:func:`polar_model.factory.check_window_len`); a store too short for the model is a
+    :class:`~polar_model.factory.WindowTooShort` naming the store and the model file."""
+    L.seed_everything(cfg.train.seed, workers=True)
     written = redact_config(cfg)  # what config.yaml, hparams.yaml, tb and checkpoints hold
-    module = EncodingModule.create(cfg.model, spec_of(dm.info), tc, run_config=written)
+    try:
+        return EncodingModule.create(cfg.model, spec_of(dm.info), cfg.train,
+                                     run_config=written)
+    except WindowTooShort as e:
+        raise e.naming(f"store {dm.base}", str(model_file or cfg.model.name)) from None
+
+
+def _train(a, cfg: RunConfig, tc: TrainConfig, dm: PolarDataModule, module: EncodingModule,
+           facts: dict, out: Path) -> int:
+    """Build the trainer and fit ``module`` (``main`` holds the run folder)."""
+    written = redact_config(cfg)
     if a.resume is not None:
         try:
             facts = check_resume(a, module, facts, dm.base)
