@@ -90,3 +90,6 @@ def object_store():
         yield s3, {"endpoint_url": endpoint, "key": "test", "secret": "test"}
     finally:
         server.stop()
+        import s3fs  # a cached filesystem of this server must not serve a later test
+
+        s3fs.S3FileSystem.clear_instance_cache()
