@@ -163,7 +163,7 @@ def build(a, cfg, out: Path, progress: bool) -> int:
     need = None
     if a.model_config is not None:  # the window rule lives on the model side
         from polar_model.config import load_model_config
-        from polar_model.factory import required_window_len
+        from polar_model.window_rule import required_window_len
 
         need = required_window_len(load_model_config(a.model_config))
     window_len = resolve_window_len(cfg, need, str(a.model_config))

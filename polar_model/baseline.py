@@ -82,8 +82,8 @@ class ResNetConvGRU(EncodingModel):
                                       cfg.output_link, cfg.readout_weight_std)
             for n, r in zip(spec.n_units, spec.mean_rates))
 
-    def forward(self, stim, behavior, session: int, last_only: bool = False) -> ModelOutput:
-        S = self.check(stim, behavior, session)
+    def forward(self, stim, eyepos, session: int, last_only: bool = False) -> ModelOutput:
+        S = self.check(stim, eyepos, session)
         B, _, _, H, W = stim.shape
         frames = stim[:, 0].reshape(B * S, 1, H, W).float()
         grid = F.affine_grid(self.adapter[session].expand(B * S, 2, 3), frames.shape,
@@ -91,10 +91,10 @@ class ResNetConvGRU(EncodingModel):
         x = F.grid_sample(frames, grid, align_corners=False).view(B, S, H, W)[:, None]
         x = self.block2(F.gelu(self.down(self.block1(F.gelu(self.stem(self.front(x)))))))
         with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
-            v, _ = kinematics(behavior.float(), self.dt)
+            v, _ = kinematics(eyepos.float(), self.dt)
             speed = v.norm(dim=-1, keepdim=True)
             beh = self.modulator(torch.cat([v / V_SCALE, speed / V_SCALE,
-                                            behavior.float() / 10.0], -1))  # [B, S, E]
+                                            eyepos.float() / 10.0], -1))  # [B, S, E]
         h = torch.zeros(B, self.cfg.gru_hidden, *x.shape[-2:], device=x.device)
         first = S - 1 if last_only else self.window_len - 1
         states = []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polar_model.polar import POLAR_EPS, at_least_float32, polar_decompose
+from polar_model.polar_decomposition import POLAR_EPS, at_least_float32, polar_decompose
 from polar_model.readout import pool
 
 PHASE_FLOOR = 1e-2  # squared norm below which the phase state is not renormalised
@@ -30,7 +30,8 @@ class PolarDynamics(nn.Module):
 
     State: amplitude ``A`` and unit phase ``(c, s) = (cos phi, sin phi)``, starting from
     the first observation. At step t, from the observed amplitude and phase of the
-    quadrature responses (``A_obs = |even + i odd|``, :func:`~polar_model.polar.polar_decompose`):
+    quadrature responses (``A_obs = |even + i odd|``,
+    :func:`~polar_model.polar_decomposition.polar_decompose`):
 
     * rate ``lambda_t = (1 - q_t) lambda_fix + q_t lambda_sac`` (both learned, positive;
       without behaviour ``lambda_t = lambda_fix``), decay ``r_t = exp(-lambda_t dt)``;

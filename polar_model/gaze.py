@@ -60,7 +60,7 @@ class GazeEncoder(nn.Module):
     SIGMA_MIN = 0.05  # deg/s: floor of the noise estimate (noise-free synthetic gaze)
 
     def __init__(self, dim: int, dt: float, n_pos_freqs: int, threshold: float, slope: float,
-                 detector: str = "fixed", n_sessions: int = 1, lam: float = 6.0):
+                 detector: str = "adaptive", n_sessions: int = 1, lam: float = 6.0):
         super().__init__()
         if detector not in ("adaptive", "fixed"):
             raise ValueError(f"saccade_detector must be adaptive or fixed, got {detector!r}")

@@ -15,7 +15,7 @@ from polar_model.pyramid import LaplacianPyramid
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout
 from polar_model.spec import DataSpec
-from polar_model.summary import TemporalSummarizer, static_features
+from polar_model.temporal_summary import TemporalSummarizer, static_features
 
 
 class PolarV1(EncodingModel):

@@ -10,17 +10,18 @@ import torch
 
 from polar_data.config.typed_yaml import ConfigError
 from polar_data.demo.population import saccade_gain_curve
+from polar_model.build import build_model
 from polar_model.config import config_from_dict, load_model_config
 from polar_model.dynamics import PolarDynamics, PolarLevel, polar_level_autograd
-from polar_model.factory import build_model, required_window_len
 from polar_model.gaze import GazeEncoder, SaccadeGain
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator, bits_per_spike, oracle_bps, summarize_bps
-from polar_model.polar import polar_decompose
+from polar_model.polar_decomposition import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout, pool
 from polar_model.spec import DataSpec
-from polar_model.summary import TemporalSummarizer
+from polar_model.temporal_summary import TemporalSummarizer
+from polar_model.window_rule import required_window_len
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["minimal", "behavior", "jepa", "full", "static", "static_jepa", "baseline"]
@@ -290,7 +291,7 @@ def test_model_pools_each_feature_map_by_the_readout_masks():
 
 
 def test_saccade_gate_opens_only_for_saccades():
-    enc = GazeEncoder(16, 1 / 120, 2, threshold=100.0, slope=0.05)
+    enc = GazeEncoder(16, 1 / 120, 2, threshold=100.0, slope=0.05, detector="fixed")
     t = torch.arange(40, dtype=torch.float32) / 120
     fix = torch.stack([0.5 * t, 0.2 * t], -1)[None]  # drift, < 1 deg/s
     sac = fix.clone()

@@ -223,9 +223,9 @@ def test_every_key_print_config_prints_is_read_by_training(tmp_path, tiny_store,
 def test_the_window_check_runs_once_per_training(tmp_path, tiny_store, monkeypatch):
     import sys
 
-    import polar_model.factory as factory
+    import polar_model.window_rule as window_rule
 
-    real, calls = factory.check_window_len, []
+    real, calls = window_rule.check_window_len, []
 
     def counted(*args, **kw):
         calls.append(args)
@@ -245,7 +245,7 @@ def test_the_window_check_runs_once_per_training(tmp_path, tiny_store, monkeypat
 
 
 def test_a_checkpoint_carries_each_setting_once(tmp_path, tiny_store):
-    from polar_model.training.data_glue import SPEC_FACTS
+    from polar_model.training.store_facts import SPEC_FACTS
 
     data = data_config(tmp_path, tiny_store)
     run = tmp_path / "run"

@@ -3,8 +3,12 @@
 
 * :mod:`.run_config` - the one typed config tree of a run (loader, model, train) and
   its loader with dotted command-line overrides;
-* :mod:`.data_glue` - store facts -> :class:`polar_model.spec.DataSpec`, the window check,
-  the data facts a checkpoint carries;
+* :mod:`.datamodule` - the Lightning DataModule over a built store;
+* :mod:`.store_facts` - store facts -> :class:`polar_model.spec.DataSpec`, the data facts a
+  checkpoint carries and how two stores differ;
+* :mod:`.checkpoints` - reading checkpoints safely (tensors only) and checking them against
+  the store at hand;
+* :mod:`.placement` - readout positions placed from spike-triggered averages before fitting;
 * :mod:`.lit_module` - the Lightning module (loss, BPS logging, optimiser);
 * :mod:`.trainer` - the Lightning trainer and ``pipelines/train.py``'s ``main``;
 * :mod:`.preemption` - ``last.ckpt`` on signals; :mod:`.predictor` - ``polar_model.load``;

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from polar_model.training.data_glue import spec_facts, store_differences
+from polar_model.training.store_facts import spec_facts, store_differences
 
 DATA_FACTS = "data_facts"
 # what torch.load raises on bytes that are not a checkpoint (truncated zip, garbage pickle)
@@ -90,7 +90,7 @@ def load_module(path: str | Path, ckpt: dict | None = None):
 
 def saved_facts(path: str | Path, ckpt: dict) -> dict:
     """The data facts of the store a checkpoint was trained on, as
-    :func:`.data_glue.data_facts` gives them: its spec's (hyperparameter ``spec``) joined with
+    :func:`.store_facts.data_facts` gives them: its spec's (hyperparameter ``spec``) joined with
     its ``data_facts`` (what the spec lacks). CheckpointError naming the file when it lacks
     them (pipelines/train.py writes both into every checkpoint)."""
     spec = ckpt["hyper_parameters"].get("spec")

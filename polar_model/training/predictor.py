@@ -2,7 +2,7 @@
 
 The checkpoint carries everything prediction needs, each fact once: the module's spec holds
 the bin rate, window length, crop size and session names; ``checkpoint["data_facts"]`` (the
-trainer writes :func:`.data_glue.checkpoint_facts`) the store's pixel statistics and each
+trainer writes :func:`.store_facts.checkpoint_facts`) the store's pixel statistics and each
 session's recording unit ids; so no store or loader is needed.
 """
 
@@ -22,7 +22,7 @@ from polar_model.training.checkpoints import (
     read_checkpoint,
     saved_facts,
 )
-from polar_model.training.data_glue import checkpoint_facts
+from polar_model.training.store_facts import checkpoint_facts
 
 
 class Predictor:
@@ -95,8 +95,8 @@ class Predictor:
 
 
 class SaveDataFacts(L.Callback):
-    """Writes the part of ``facts`` (:func:`.data_glue.data_facts`) that the spec lacks
-    (:func:`.data_glue.checkpoint_facts`) into every checkpoint."""
+    """Writes the part of ``facts`` (:func:`.store_facts.data_facts`) that the spec lacks
+    (:func:`.store_facts.checkpoint_facts`) into every checkpoint."""
 
     def __init__(self, facts: dict):
         self.facts = checkpoint_facts(facts)

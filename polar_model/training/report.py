@@ -56,11 +56,11 @@ from polar_model.training.checkpoints import (  # noqa: E402
     load_module,
     read_checkpoint,
 )
-from polar_model.training.data_glue import data_facts, store_identity  # noqa: E402
 from polar_model.training.evaluation import predict_split, score  # noqa: E402
 from polar_model.training.lit_module import EncodingModule  # noqa: E402
 from polar_model.training.run_config import DATA_SECTIONS  # noqa: E402
 from polar_model.training.runs import metrics_path  # noqa: E402
+from polar_model.training.store_facts import data_facts, store_identity  # noqa: E402
 
 SPLITS = ("val", "test")
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 9,

@@ -76,19 +76,12 @@ from polar_data.config.storage_options import config_secrets, redact_config, usa
 from polar_data.config.typed_yaml import ConfigError, split_overrides, to_yaml
 from polar_data.schema import StoreError
 from polar_data.store.build_lock import LOCK_NAME, BuildLocked, folder_lock
-from polar_model.factory import WindowTooShort
 from polar_model.training import REPO
 from polar_model.training.checkpoints import (
     check_same_store,
     check_shapes,
     read_checkpoint,
     saved_facts,
-)
-from polar_model.training.data_glue import (
-    data_facts,
-    identity_of,
-    spec_of,
-    store_identity,
 )
 from polar_model.training.datamodule import PolarDataModule
 from polar_model.training.lit_module import EncodingModule
@@ -103,6 +96,13 @@ from polar_model.training.run_config import (
     write_run_config,
 )
 from polar_model.training.runs import csv_logger
+from polar_model.training.store_facts import (
+    data_facts,
+    identity_of,
+    spec_of,
+    store_identity,
+)
+from polar_model.window_rule import WindowTooShort
 
 RUN_LOCK = LOCK_NAME + ".train"  # <run>/.build.lock.train: one training per run folder
 
@@ -268,8 +268,8 @@ def build_module(cfg: RunConfig, dm: PolarDataModule, model_file: Path | None
                  ) -> EncodingModule:
     """The module to train, seeded with ``train.seed`` (the model's initial weights follow
     it). Building the model checks the store's window length once
-    (:func:`polar_model.factory.check_window_len`); a store too short for the model is a
-    :class:`~polar_model.factory.WindowTooShort` naming the store and the model file."""
+    (:func:`polar_model.window_rule.check_window_len`); a store too short for the model is a
+    :class:`~polar_model.window_rule.WindowTooShort` naming the store and the model file."""
     L.seed_everything(cfg.train.seed, workers=True)
     written = redact_config(cfg)  # what config.yaml, hparams.yaml, tb and checkpoints hold
     try:

@@ -1,19 +1,14 @@
-"""Build a model from its config and the data's spec, refusing data that cannot serve it.
+"""The window-length rule: :func:`required_window_len` (the shortest window a model needs) and
+:func:`check_window_len` (the one check and its one message, :class:`WindowTooShort`).
 
-The window-length rule lives here: :func:`required_window_len` (what a model needs) and
-:func:`check_window_len` (the one check and its one message, :class:`WindowTooShort`). It runs
-in :func:`build_model`, so a training checks its store once, when it builds its model (the
-trainer names the store and the model file in the message); a build takes the plain
-``window_len`` it is given (``pipelines/build_shards.py --model-config`` asks
-:func:`required_window_len`)."""
+The check runs in :func:`polar_model.build.build_model`, so a training checks its store once,
+when it builds its model (the trainer names the store and the model file in the message); a
+build takes the plain ``window_len`` it is given (``pipelines/build_shards.py --model-config``
+asks :func:`required_window_len`)."""
 
 from __future__ import annotations
 
-from polar_model.base import EncodingModel
-from polar_model.baseline import ResNetConvGRU
-from polar_model.config import BaselineConfig, ModelConfig, PolarConfig
-from polar_model.polar_v1 import PolarV1
-from polar_model.spec import DataSpec
+from polar_model.config import ModelConfig, PolarConfig
 
 MIN_WINDOW = 2  # recurrent models need at least one step of history to differentiate gaze
 
@@ -55,14 +50,3 @@ def check_window_len(cfg: ModelConfig, window_len: int) -> None:
     ``cfg`` (see :func:`required_window_len`)."""
     if window_len < required_window_len(cfg):
         raise WindowTooShort(cfg, window_len)
-
-
-def build_model(cfg: ModelConfig, spec: DataSpec) -> EncodingModel:
-    """The model of ``cfg`` for data of ``spec``; :class:`WindowTooShort` when the spec's
-    windows are too short for it."""
-    check_window_len(cfg, spec.window_len)
-    if isinstance(cfg, PolarConfig):
-        return PolarV1(cfg, spec)
-    if isinstance(cfg, BaselineConfig):
-        return ResNetConvGRU(cfg, spec)
-    raise TypeError(f"unknown model config {type(cfg).__name__}")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polar_model.ema import ema
-from polar_model.polar import polar_decompose
+from polar_model.polar_decomposition import polar_decompose
 from polar_model.readout import pool
 
 
