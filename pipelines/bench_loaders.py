@@ -129,7 +129,7 @@ class InRamWindows(Dataset):
         s, e = self.index[i]
         lo = e - self.W + 1
         return {"stim": torch.from_numpy(self.stim[s][lo : e + 1].copy()).unsqueeze(0),
-                "behavior": torch.from_numpy(self.eye[s][lo : e + 1].copy()),
+                "eyepos": torch.from_numpy(self.eye[s][lo : e + 1].copy()),
                 "robs": torch.from_numpy(self.robs[s][e]),
                 "dfs": torch.from_numpy(self.dfs[s][e]),
                 "dataset_idx": s}

@@ -163,10 +163,16 @@ def build(a, cfg, out: Path, progress: bool) -> int:
     need = None
     if a.model_config is not None:  # the window rule lives on the model side
         from polar_model.config import load_model_config
-        from polar_model.window_rule import required_window_len
+        from polar_model.window_rule import WindowTooShort, check_window_len, required_window_len
 
-        need = required_window_len(load_model_config(a.model_config))
-    window_len = resolve_window_len(cfg, need, str(a.model_config))
+        model = load_model_config(a.model_config)
+        need = required_window_len(model)
+        if cfg.store.window_len is not None:
+            try:
+                check_window_len(model, cfg.store.window_len)
+            except WindowTooShort as e:
+                raise e.naming("the data config (store.window_len)", str(a.model_config)) from None
+    window_len = resolve_window_len(cfg, need)
     patterns = a.sessions or cfg.sessions
     sources = resolve_sources(patterns) if patterns else None
     check_settings(out, settings(cfg, window_len))  # before anything is written there

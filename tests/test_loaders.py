@@ -62,7 +62,7 @@ def check_batch(batch, info, arrays, split, mode):
             assert (frames[b, hi - lo :] == frames[b, hi - lo - 1]).all()  # edge padding
         # frame for frame, oldest first: index -1 is the current (last) bin
         np.testing.assert_array_equal(frames[b, : hi - lo], a["stim"][lo:hi])
-        np.testing.assert_array_equal(batch["behavior"][b, : hi - lo].numpy(), a["eyepos"][lo:hi])
+        np.testing.assert_array_equal(batch["eyepos"][b, : hi - lo].numpy(), a["eyepos"][lo:hi])
         assert (a["trial"][lo:hi] == a["trial"][e]).all(), "window crosses a trial"
         assert (a["split"][lo:hi] == SPLITS.index(split)).all(), "window crosses a split"
     return [(s, int(e)) for e in batch["end"]]
@@ -249,10 +249,10 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
     assert batch["stim"].shape[1:] == (1, W, 9, 9) and batch["stim"].dtype == torch.uint8
     # Lightning calls this after moving the batch to the model's device: frames normalised
     ready = dm.on_after_batch_transfer(batch, 0)
-    assert ready["stim"].dtype == torch.float32 and ready["behavior"] is batch["behavior"]
+    assert ready["stim"].dtype == torch.float32 and ready["eyepos"] is batch["eyepos"]
     np.testing.assert_array_equal(
         ready["stim"].numpy(), _old_normalised(batch["stim"].numpy(), dm.info))
-    assert batch["behavior"].shape[1:] == (W, 2)
+    assert batch["eyepos"].shape[1:] == (W, 2)
     cfg_path.write_text("loader:\n  kind: tar\n")
     from polar_data.config.typed_yaml import ConfigError
 
@@ -261,7 +261,7 @@ def test_datamodule_from_yaml_exposes_store_facts(tiny_store, tmp_path):
 
 
 def test_shorter_training_clips_are_cut_from_stored_clips(info, arrays):
-    ds = ShardStream(info, "train", "clip", batch_size=3, clip_len=4, shuffle=False,
+    ds = ShardStream(info, "train", "clip", batch_size=3, sample_len=4, shuffle=False,
                      single_pass=True)
     seen = []
     for batch in ds:
@@ -272,6 +272,38 @@ def test_shorter_training_clips_are_cut_from_stored_clips(info, arrays):
             seen += [(int(batch["session"][0]), int(batch["end"][b]) - k) for k in range(n)]
     assert len(seen) == len(set(seen))
 
+
+
+def _targets(batches) -> set:
+    """(session, target bin, counts) of every real target of clip-mode batches."""
+    out = set()
+    for batch in batches:
+        for b in range(len(batch["end"])):
+            real = (batch["dfs"][b] > 0).any(1).nonzero()
+            n = int(real.max()) + 1 if len(real) else 0
+            L = batch["robs"].shape[1]
+            for k in range(n):
+                out.add((int(batch["session"][0]), int(batch["end"][b]) - (n - 1 - k),
+                         tuple(batch["robs"][b, k].tolist())))
+            assert L == 4
+    return out
+
+
+def test_zarr_and_shards_cut_the_same_samples_of_sample_len(info, arrays):
+    """loader.sample_len acts on both loaders: every stored clip cut into samples of 4
+    targets, the same targets from the Zarr arrays and the shards."""
+    from polar_data.loaders.zarr_windows import LocalityBatchSampler
+
+    ds = ZarrWindows(info, "train", "clip", sample_len=4)
+    batches = LocalityBatchSampler(ds, 3, shuffle=False, drop_last=False, rank=0, world_size=1)
+    zarr = [ds.__getitems__(b) for b in batches]
+    for batch in zarr:
+        assert batch["robs"].shape[1] == 4 and batch["stim"].shape[2] == 4 + W - 1
+        check_batch(batch, info, arrays, "train", "clip")
+    shards = ShardStream(info, "train", "clip", batch_size=3, sample_len=4, shuffle=False,
+                         single_pass=True)
+    assert _targets(zarr) == _targets(shards)
+    assert len(ds) > len(ZarrWindows(info, "train", "clip"))
 
 def _old_normalised(frames: np.ndarray, info) -> np.ndarray:
     """The float32 frames loaders handed over before they kept uint8 (the old numpy code)."""

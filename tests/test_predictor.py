@@ -55,7 +55,7 @@ def test_predict_on_a_session_from_disk_matches_the_loader(trained, tiny_store, 
     rows = [i for i in range(len(ds)) if ds.index[i, 0] == 1][:20]
     batch = normalise_stim(ds.__getitems__(rows), info.pixel_mean, info.pixel_std)
     with torch.no_grad():
-        want = model.module.model(batch["stim"], batch["behavior"], 1,
+        want = model.module.model(batch["stim"], batch["eyepos"], 1,
                                   last_only=True).log_rate[:, -1].exp().numpy()
     got = rates[batch["end"].numpy()]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -92,7 +92,7 @@ def test_dotted_overrides_of_every_value_type():
                 "--train.lr", "3e-3",                    # float (YAML 1.1 reads a string)
                 "--model.use_jepa=true",                 # bool, --key=value form
                 "--train.ema_decay", "0.99",
-                "--loader.clip_len", "null",             # None
+                "--loader.sample_len", "null",           # None
                 "--model.readout_weight_std", "~",
                 "--train.betas", "[0.8, 0.9]",           # list -> tuple
                 "--loader.storage_options", "{anon: true, client_kwargs: {region_name: x}}",
@@ -104,7 +104,7 @@ def test_dotted_overrides_of_every_value_type():
     assert m.name == "1e3" and m.jepa_delta == 4  # the file's other values stay
     assert cfg.train.lr == 3e-3 and isinstance(cfg.train.lr, float)
     assert cfg.train.betas == (0.8, 0.9) and cfg.train.ema_decay == 0.99
-    assert cfg.loader.clip_len is None  # mapping:
+    assert cfg.loader.sample_len is None  # mapping:
     assert cfg.loader.storage_options == {"anon": True, "client_kwargs": {"region_name": "x"}}
     assert cfg.loader.batch_size == 16 and cfg.loader.kind == "zarr"
     data = _load_data("--store.window_len", "null",            # None

@@ -76,9 +76,9 @@ def test_the_defaults_are_the_default_run():
     cfg = load_run_config(**DEFAULT_RUN)
     assert dataclasses.replace(cfg.model, name=PolarConfig().name) == PolarConfig()
     assert cfg.train == TrainConfig()
-    # the loader's clip_len (None: the store's own) and eval_batch_size (None: batch_size)
+    # the loader's sample_len (None: the store's own) and eval_batch_size (None: batch_size)
     # stay relative to the store, so that they serve any store; the demo file sets them
-    assert dataclasses.replace(cfg.loader, clip_len=None, eval_batch_size=None) == \
+    assert dataclasses.replace(cfg.loader, sample_len=None, eval_batch_size=None) == \
         LoaderConfig(store=cfg.loader.store)
     assert cfg.loader.eval_batch_size == cfg.loader.batch_size
     demo = load_data_config(DEFAULT_RUN["data"])
@@ -198,7 +198,7 @@ def test_every_key_print_config_prints_is_read_by_training(tmp_path, tiny_store,
         d = tmp_path / f"d{i}"
         d.mkdir()
         data = data_config(d, tiny_store, kind=kind, mode=mode, batches_per_epoch=2,
-                           clip_len=None)
+                           sample_len=None)
         assert trainer.main(["--data", str(data), "--model",
                              str(ROOT / "configs/model/minimal.yaml"), "--train", str(tc),
                              "--out", str(d / "run"), "--no-progress"]) == 0
@@ -240,6 +240,29 @@ def test_the_window_check_runs_once_per_training(tmp_path, tiny_store, monkeypat
                          str(tmp_path / "run"), "--no-progress"]) == 0
     assert len(calls) == 1, calls
 
+
+
+def test_the_build_refuses_a_short_window_with_the_trainings_message(tmp_path, capsys):
+    """build_shards.py --model-config with a store.window_len too short: the model side's one
+    check and message (WindowTooShort), exit 2, nothing built."""
+    import importlib.util
+
+    from polar_model.config import load_model_config
+    from polar_model.window_rule import WindowTooShort
+
+    spec = importlib.util.spec_from_file_location("build_shards",
+                                                  ROOT / "pipelines/build_shards.py")
+    build_shards = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_shards)
+    model = ROOT / "configs/model/full.yaml"
+    out = tmp_path / "store"
+    assert build_shards.main(["--model-config", str(model), "--store.window_len", "6",
+                              "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    want = WindowTooShort(load_model_config(model), 6, "the data config (store.window_len)",
+                          str(model))
+    assert err.strip() == f"error: {want}"
+    assert not (out / "build.json").exists()
 
 # ----------------------------------------------------------------- a checkpoint, each once
 

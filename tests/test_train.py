@@ -136,7 +136,7 @@ def test_ddp_two_cpu_processes_on_uneven_shards_finish(tmp_path, small_demo_stor
         manifest["shards"].remove(train_shards[-1])
         (store / "manifest.json").write_text(json.dumps(seal(manifest)))  # a deliberate edit
     assert len(StoreInfo.load(str(store)).shard_urls("train")) % 2 == 1
-    data = data_config(tmp_path, store, kind="wds", num_workers=1, clip_len=16)
+    data = data_config(tmp_path, store, kind="wds", num_workers=1, sample_len=16)
     cmd = [sys.executable, str(ROOT / "pipelines/train.py"), "--data", str(data),
            "--model", str(ROOT / "configs/model/minimal.yaml"),
            "--train", str(train_config(tmp_path, max_epochs=1, max_steps=6)),

@@ -61,8 +61,8 @@ class LoaderConfig:
     kind: Literal["wds", "zarr"] = "wds"  # streaming shards or random access
     mode: Literal["clip", "window"] = "clip"  # dense, all targets / the last bin of a window
     batch_size: int = bounded(8, "[1, 8192]", "samples per batch, held in memory")
-    clip_len: int | None = bounded(  # clip mode: targets per sample (None: the store's own,
-        None, "[1, 16384]")          # which serves any store; the demo's data file cuts 32)
+    sample_len: int | None = bounded(  # clip mode: targets per sample, cut from the store's
+        None, "[1, 16384]")  # clips (None: a whole stored clip, store.clip_len, any store)
     eval_batch_size: int | None = bounded(None, "[1, 8192]", "samples per batch")
     num_workers: int = bounded(2, "[0, 256]")
     pin_memory: bool = False

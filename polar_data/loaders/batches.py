@@ -19,7 +19,7 @@ Window mode (``W = window_len``)::
 
     stim      uint8   [B, 1, W, H, W']   stored pixel values (normalise_stim: float32,
                                          (x - mean) / std of the store)
-    behavior  float32 [B, W, 2]          raw gaze, degrees, x right / y up
+    eyepos    float32 [B, W, 2]          raw gaze, degrees, x right / y up
     robs      float32 [B, N]             counts at the last bin
     dfs       float32 [B, N]             unit mask at the last bin (loss weight)
     session   int64   [B]                index into StoreInfo.sessions (all equal)
@@ -28,7 +28,7 @@ Window mode (``W = window_len``)::
 
 Clip mode (``L = clip_len``, ``S = L + W - 1``)::
 
-    stim [B, 1, S, H, W'], behavior [B, S, 2], robs [B, L, N], dfs [B, L, N],
+    stim [B, 1, S, H, W'], eyepos [B, S, 2], robs [B, L, N], dfs [B, L, N],
     session [B], end [B] (bin of the clip's last real target), true_rate [B, L, N]
 
 A clip with fewer than ``L`` targets (the end of a run of valid bins) is padded at the end:
@@ -43,8 +43,8 @@ from typing import NotRequired, TypedDict
 import numpy as np
 import torch
 
-# the keys of a batch (and of a sample: ``eyepos`` there, ``behavior`` once collated)
-STIM, BEHAVIOR, ROBS, DFS = "stim", "behavior", "robs", "dfs"
+# the keys of a sample and of a batch
+STIM, ROBS, DFS = "stim", "robs", "dfs"
 SESSION, END, TRUE_RATE, EYEPOS = "session", "end", "true_rate", "eyepos"
 
 
@@ -125,7 +125,7 @@ def collate(items: list[Sample]) -> Batch:
 
     batch: Batch = {
         STIM: torch.from_numpy(np.stack([it[STIM] for it in items])).unsqueeze(1),
-        BEHAVIOR: stack(EYEPOS), ROBS: stack(ROBS), DFS: stack(DFS),
+        EYEPOS: stack(EYEPOS), ROBS: stack(ROBS), DFS: stack(DFS),
         SESSION: torch.full((len(items),), items[0][SESSION], dtype=torch.int64),
         END: torch.tensor([it[END] for it in items], dtype=torch.int64),
     }
@@ -149,9 +149,9 @@ def windows_from_clip(clip: dict, window_len: int) -> list[Sample]:
     return out
 
 
-def pad_clip(item: Sample, clip_len: int) -> Sample:
-    """Pad a clip-mode sample with fewer than ``clip_len`` targets at its end (see above)."""
-    short = clip_len - len(item["robs"])
+def pad_clip(item: Sample, sample_len: int) -> Sample:
+    """Pad a clip-mode sample with fewer than ``sample_len`` targets at its end (see above)."""
+    short = sample_len - len(item["robs"])
     if short <= 0:
         return item
     edge = {STIM: "edge", EYEPOS: "edge"}
@@ -164,11 +164,11 @@ def pad_clip(item: Sample, clip_len: int) -> Sample:
     return out
 
 
-def clip_items(clip: dict, clip_len: int | None = None) -> list[Sample]:
-    """A decoded clip as clip-mode samples of ``clip_len`` targets (default: the store's),
+def clip_items(clip: dict, sample_len: int | None = None) -> list[Sample]:
+    """A decoded clip as clip-mode samples of ``sample_len`` targets (default: the whole clip),
     each with its own ``window_len - 1`` bins of history, the last one padded."""
     meta = clip["meta"]
-    L = clip_len or meta["clip_len"]
+    L = sample_len or meta["clip_len"]
     n, h = meta["n_targets"], meta["window_len"] - 1
     out = []
     for a in range(0, n, L):

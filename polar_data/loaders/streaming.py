@@ -95,8 +95,8 @@ class ShardStream(IterableDataset):
         batches_per_epoch: per rank; default: the split's samples // (world_size x batch_size).
         single_pass: read this rank's shards once and flush partial batches (evaluation:
             every sample exactly once; batch counts may then differ between ranks).
-        clip_len: clip mode: targets per sample, cut from the stored clips (default: the
-            store's clip_len); shorter clips cost less memory per step.
+        sample_len: clip mode: targets per sample, cut from the stored clips (default: a
+            whole stored clip, the store's clip_len); shorter samples cost less memory per step.
         skip_batches: batches of the first epoch (``start_epoch``) already trained, counted
             in the DataLoader's order (worker ``i % num_workers`` makes batch ``i``): they are
             drawn but not yielded, so a run resumed mid-epoch sees the rest of the epoch in
@@ -109,7 +109,7 @@ class ShardStream(IterableDataset):
                  world_size: int | None = None, num_workers: int = 0,
                  batches_per_epoch: int | None = None, skip_corrupt: bool = False,
                  verify_checksums: bool = True, storage_options: dict | None = None,
-                 single_pass: bool = False, clip_len: int | None = None,
+                 single_pass: bool = False, sample_len: int | None = None,
                  skip_batches: int = 0):
         if mode not in ("window", "clip"):
             raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
@@ -125,9 +125,9 @@ class ShardStream(IterableDataset):
         self.shards = info.shard_urls(split)
         if not self.shards:
             raise StoreError(f"{info.base}: no {split} shards in the manifest")
-        self.clip_len = clip_len or info.clip_len
+        self.sample_len = sample_len or info.clip_len
         samples = (info.n_targets[split] if mode == "window"
-                   else info.n_targets[split] // self.clip_len)
+                   else info.n_targets[split] // self.sample_len)
         if batches_per_epoch is None:
             batches_per_epoch = samples // (self.world_size * batch_size)
         if batches_per_epoch < 1:
@@ -217,7 +217,7 @@ class ShardStream(IterableDataset):
             if self.shuffle:
                 items = self._buffer(items, self.window_buffer, rng)
         else:
-            items = (it for c in clips for it in clip_items(c, self.clip_len))
+            items = (it for c in clips for it in clip_items(c, self.sample_len))
         buckets: dict[int, list] = {}
         made = 0
         if quota == 0 and not self.single_pass:

@@ -79,8 +79,10 @@ class ChunkCache:
 class ZarrWindows(Dataset):
     """Windows (``mode='window'``) or clips (``mode='clip'``) of one split of a local store.
 
-    Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a clip's first
-    target bin (clip mode also keeps the clip's number of targets). On construction every
+    Index entry ``i`` is ``(session index, bin)``: the window's last bin, or a sample's first
+    target bin (clip mode also keeps the sample's number of targets: the stored clips cut into
+    samples of at most ``sample_len`` targets, default a whole stored clip, the last one of a
+    clip padded to ``sample_len``). On construction every
     file of the store is checked to exist with its manifest size (``verify_chunks``: and its
     sha256); a missing or truncated chunk raises StoreError naming array and chunk. After
     that, each batch, once read (or when its reading fails), checks that the store is still
@@ -90,12 +92,14 @@ class ZarrWindows(Dataset):
     """
 
     def __init__(self, info: StoreInfo, split: str, mode: str = "window",
-                 verify_chunks: bool = False, cache_mb: float = 64.0):
+                 verify_chunks: bool = False, cache_mb: float = 64.0,
+                 sample_len: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if mode not in ("window", "clip"):
             raise ValueError(f"mode must be 'window' or 'clip', got {mode!r}")
         self.info, self.split, self.mode = info, split, mode
+        self.sample_len = sample_len or info.clip_len
         self.path = Path(info.base) / "zarr"
         # Zarr reads a missing chunk as its fill value: check the files first (sizes always,
         # sha256 with verify_chunks), naming array and chunk
@@ -107,9 +111,9 @@ class ZarrWindows(Dataset):
                 ends = root[name][f"windows/{split}"][...]
                 rows.append(np.column_stack([np.full(len(ends), i), ends]))
             else:
-                clips = root[name][f"clips/{split}"][...]
-                rows.append(np.column_stack([np.full(len(clips), i), clips[:, 0]]))
-                n_targets.append(clips[:, 1])
+                start, n = self._samples(root[name][f"clips/{split}"][...])
+                rows.append(np.column_stack([np.full(len(start), i), start]))
+                n_targets.append(n)
         self.index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), int)
         self.n_targets = np.concatenate(n_targets) if n_targets else None
         self.chunk_bins = int(root[info.sessions[0]]["stim"].chunks[0])
@@ -117,6 +121,14 @@ class ZarrWindows(Dataset):
         self.watch = StoreWatch(info.base, info.seal)
         self.watch.check()  # the index above was read from the build ``info`` describes
         self._groups = self._cache = None  # opened lazily in each worker
+
+    def _samples(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored clips ``[C, 2]`` (first target bin, targets) cut into samples of at most
+        ``sample_len`` targets: their first target bins and target counts."""
+        L = self.sample_len
+        parts = [(s + a, min(L, n - a)) for s, n in clips.tolist() for a in range(0, n, L)]
+        out = np.asarray(parts, dtype=np.int64).reshape(-1, 2)
+        return out[:, 0], out[:, 1]
 
     def _root(self):
         return open_store(self.path)
@@ -192,7 +204,7 @@ class ZarrWindows(Dataset):
                             self._rows(si, "robs", s, s + n), self._rows(si, "dfs", s, s + n),
                             si, s + n - 1,
                             self._rows(si, "true_rate", s, s + n) if truth else None)
-                items.append(pad_clip(it, self.info.clip_len))
+                items.append(pad_clip(it, self.sample_len))
         return collate(items)
 
 

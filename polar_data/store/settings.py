@@ -20,26 +20,15 @@ class BuildError(RuntimeError):
     """The build cannot go on; the message says what and how to fix it."""
 
 
-def resolve_window_len(cfg: DataConfig, model_need: int | None = None,
-                       model_name: str = "the model") -> int:
-    """The store's window length: the config's, else what the model needs, else 16.
-
-    ``model_need``: the shortest window the model can use (the model side computes it, e.g.
-    ``jepa_delta + min_context``); a configured window shorter than that is refused
-    (BuildError naming both numbers).
-    """
+def resolve_window_len(cfg: DataConfig, model_need: int | None = None) -> int:
+    """The store's window length: the config's, else what the model needs (``model_need``,
+    the shortest window the model can use, computed on the model side) but at least 16, else
+    16. A configured window too short for the model is refused on the model side
+    (``polar_model.window_rule.check_window_len``, the one check and its one message)."""
     asked = cfg.store.window_len
-    if model_need is None:
-        return asked if asked is not None else DEFAULT_WINDOW_LEN
-    if asked is None:
-        return max(model_need, DEFAULT_WINDOW_LEN)
-    if asked < model_need:
-        raise BuildError(
-            f"store.window_len = {asked} is too short for {model_name}: the model needs "
-            f"window_len >= {model_need} (jepa_delta + min_context). Raise store.window_len "
-            f"to {model_need} or leave it unset so --model-config derives it."
-        )
-    return asked
+    if asked is not None:
+        return asked
+    return DEFAULT_WINDOW_LEN if model_need is None else max(model_need, DEFAULT_WINDOW_LEN)
 
 
 def settings(cfg: DataConfig, window_len: int) -> dict:

@@ -53,12 +53,13 @@ class PolarDataModule(L.LightningDataModule):
                              num_workers=lc.num_workers,
                              batches_per_epoch=lc.batches_per_epoch if train else None,
                              skip_corrupt=lc.skip_corrupt, single_pass=not train,
-                             clip_len=lc.clip_len,
+                             sample_len=lc.sample_len,
                              storage_options=dict(lc.storage_options))
             if train:
                 ds.skip_batches = self._done_in_epoch(len(ds))
             return DataLoader(ds, batch_size=None, **common)
-        ds = ZarrWindows(self.info, split, lc.mode, verify_chunks=lc.verify_chunks)
+        ds = ZarrWindows(self.info, split, lc.mode, verify_chunks=lc.verify_chunks,
+                        sample_len=lc.sample_len)
         sampler = LocalityBatchSampler(ds, bs, seed=lc.seed, shuffle=train,
                                        blocks_per_batch=lc.blocks_per_batch, drop_last=train,
                                        start_epoch=self._start_epoch())

@@ -19,9 +19,9 @@ import torch
 
 from polar_data.config.typed_yaml import to_dict
 from polar_data.loaders.batches import (
-    BEHAVIOR,
     DFS,
     END,
+    EYEPOS,
     ROBS,
     STIM,
     TRUE_RATE,
@@ -89,7 +89,7 @@ class EncodingModule(L.LightningModule):
             raise TypeError("forward takes normalised float frames; a loader batch (uint8) "
                             "goes through polar_data.loaders.batches.normalise_stim first "
                             "(fit with PolarDataModule, which does it after the device transfer)")
-        return self.model(batch[STIM], batch[BEHAVIOR], session_of(batch))
+        return self.model(batch[STIM], batch[EYEPOS], session_of(batch))
 
     @staticmethod
     def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

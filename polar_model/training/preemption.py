@@ -70,7 +70,7 @@ class SaveLast(L.Callback):
         self._restore()
 
     def _save(self, trainer):
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: resumable
         self._saved_step = trainer.global_step
 
     def on_validation_end(self, trainer, pl_module):

@@ -33,34 +33,31 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from polar_data.config.data_config import load_data_config  # noqa: E402
-from polar_data.config.storage_options import redact_config, usable_config  # noqa: E402
-from polar_data.config.typed_yaml import ConfigError, override, split_overrides, to_yaml  # noqa: E402
-from polar_data.demo.population import PopulationParams, saccade_gain_curve  # noqa: E402
-from polar_data.loaders.store_info import StoreInfo  # noqa: E402
-from polar_data.schema import StoreError  # noqa: E402
-from polar_data.store.zarr_groups import open_store  # noqa: E402
-from polar_model.config import PolarConfig  # noqa: E402
-from polar_model.gaze import GazeEncoder, kinematics  # noqa: E402
-from polar_model.training import REPO  # noqa: E402
-from polar_model.training.checkpoints import (  # noqa: E402
+from polar_data.config.data_config import load_data_config
+from polar_data.config.storage_options import redact_config, usable_config
+from polar_data.config.typed_yaml import ConfigError, override, split_overrides, to_yaml
+from polar_data.demo.population import PopulationParams, saccade_gain_curve
+from polar_data.loaders.store_info import StoreInfo
+from polar_data.schema import StoreError
+from polar_data.store.zarr_groups import open_store
+from polar_model.config import PolarConfig
+from polar_model.gaze import GazeEncoder, kinematics
+from polar_model.training import REPO
+from polar_model.training.checkpoints import (
     CheckpointError,
     check_same_store,
     load_module,
     read_checkpoint,
 )
-from polar_model.training.evaluation import predict_split, score  # noqa: E402
-from polar_model.training.lit_module import EncodingModule  # noqa: E402
-from polar_model.training.run_config import DATA_SECTIONS  # noqa: E402
-from polar_model.training.runs import metrics_path  # noqa: E402
-from polar_model.training.store_facts import data_facts, store_identity  # noqa: E402
+from polar_model.training.evaluation import predict_split, score
+from polar_model.training.lit_module import EncodingModule
+from polar_model.training.run_config import DATA_SECTIONS
+from polar_model.training.runs import metrics_path
+from polar_model.training.store_facts import data_facts, store_identity
 
 SPLITS = ("val", "test")
 plt.rcParams.update({"figure.constrained_layout.use": True, "font.size": 9,
