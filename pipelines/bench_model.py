@@ -42,9 +42,9 @@ def one(name: str, steps: int, batch: int, window: int, device: str = "cpu",
         precision: str = "32-true", clip: int = 0) -> dict:
     import torch
 
-    from polar_model.build import build_model
     from polar_model.config import load_model_config
     from polar_model.losses import masked_poisson_nll
+    from polar_model.models import build_model
     from polar_model.spec import DataSpec
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """The window-length rule: :func:`required_window_len` (the shortest window a model needs) and
 :func:`check_window_len` (the one check and its one message, :class:`WindowTooShort`).
 
-The check runs in :func:`polar_model.build.build_model`, so a training checks its store once,
+The check runs in :func:`polar_model.models.build_model`, so a training checks its store once,
 when it builds its model (the trainer names the store and the model file in the message); a
 build takes the plain ``window_len`` it is given (``pipelines/build_shards.py --model-config``
 asks :func:`required_window_len`)."""

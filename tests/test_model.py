@@ -10,12 +10,12 @@ import torch
 
 from polar_data.config.typed_yaml import ConfigError
 from polar_data.demo.population import saccade_gain_curve
-from polar_model.build import build_model
 from polar_model.config import config_from_dict, load_model_config
 from polar_model.dynamics import PolarDynamics, PolarLevel, polar_level_autograd
 from polar_model.gaze import GazeEncoder, SaccadeGain
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator, bits_per_spike, oracle_bps, summarize_bps
+from polar_model.models import build_model
 from polar_model.polar_decomposition import polar_decompose
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout, pool

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from polar_data.loaders.store_info import StoreInfo
-from polar_model.build import build_model
 from polar_model.config import load_model_config
 from polar_model.losses import masked_poisson_nll
+from polar_model.models import build_model
 from polar_model.readout import MultiLevelGaussianReadout, apply_link, log_softplus
 from polar_model.spec import DataSpec
 from polar_model.training.evaluation import predict_split, score

@@ -11,8 +11,8 @@ import torch
 from polar_data.demo.eye_movements import GazeParams, simulate_gaze
 from polar_data.loaders.store_info import StoreInfo
 from polar_data.store.zarr_groups import open_store
-from polar_model.build import build_model
 from polar_model.config import load_model_config
+from polar_model.models import build_model
 from polar_model.spec import DataSpec
 from polar_model.training import report
 from polar_model.training.evaluation import SessionPredictions

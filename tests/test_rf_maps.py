@@ -95,8 +95,8 @@ def test_placement_reads_the_training_split_only(monkeypatch, small_demo_store):
     """The positions come from training clips only (no look at val or test), and they move
     the readouts of a built model."""
     from polar_data.loaders.store_info import StoreInfo
-    from polar_model.build import build_model
     from polar_model.config import PolarConfig
+    from polar_model.models import build_model
     from polar_model.training import placement
     from polar_model.training.store_facts import spec_of
 
@@ -131,8 +131,8 @@ def test_a_store_without_zarr_keeps_the_readouts_at_the_centre(tmp_path, small_d
     import shutil
 
     from polar_data.loaders.store_info import StoreInfo
-    from polar_model.build import build_model
     from polar_model.config import PolarConfig
+    from polar_model.models import build_model
     from polar_model.training.placement import place_readouts
     from polar_model.training.store_facts import spec_of
 

@@ -203,8 +203,8 @@ def test_evaluate_writes_the_report_with_ema_weights(tmp_path, small_demo_store)
 def test_saccade_gain_plot_for_behaviour_models(tmp_path):
     from types import SimpleNamespace
 
-    from polar_model.build import build_model
     from polar_model.config import load_model_config
+    from polar_model.models import build_model
     from polar_model.spec import DataSpec
 
     spec = DataSpec(window_len=16, rate_hz=120.0, frame_hw=(27, 27), ppd=7.0, n_units=(4, 5),

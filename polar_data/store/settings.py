@@ -23,8 +23,8 @@ class BuildError(RuntimeError):
 def resolve_window_len(cfg: DataConfig, model_need: int | None = None) -> int:
     """The store's window length: the config's, else what the model needs (``model_need``,
     the shortest window the model can use, computed on the model side) but at least 16, else
-    16. A configured window too short for the model is refused on the model side
-    (``polar_model.window_rule.check_window_len``, the one check and its one message)."""
+    16. A configured window too short for the model is refused by the model layer's window
+    rule (the one check and its one message), which the build script asks."""
     asked = cfg.store.window_len
     if asked is not None:
         return asked

@@ -29,10 +29,10 @@ from polar_data.loaders.batches import (
     as_clip,
     session_of,
 )
-from polar_model.build import build_model
 from polar_model.config import PolarConfig
 from polar_model.losses import masked_poisson_nll
 from polar_model.metrics import BPSAccumulator
+from polar_model.models import build_model
 from polar_model.spec import DataSpec
 from polar_model.training.run_config import RunConfig, TrainConfig, run_config_from_hparams
 
