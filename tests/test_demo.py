@@ -83,8 +83,8 @@ def test_gaze_bounds_nan_and_rate(trace):
 
 @pytest.fixture(scope="module")
 def pop():
-    return V1Population(PopulationParams(n_units=16, frac_complex=0.5), 41, 10.0, 240.0,
-                        np.random.default_rng(0))
+    return V1Population(PopulationParams(mix={"simple": 0.5, "complex": 0.5}), 41, 10.0, 240.0,
+                        np.random.default_rng(0), n_units=16)
 
 
 def _grating(pop, n, phase, ori=None, T=1):
@@ -103,7 +103,7 @@ def _steady(pop, frames):
 
 def test_population_tuning_and_phase_invariance(pop):
     phases = np.linspace(0, 2 * np.pi, 8, endpoint=False)
-    for n in range(pop.params.n_units):
+    for n in range(pop.n_units):
         pref = [_steady(pop, _grating(pop, n, p, T=30))[n] for p in phases]
         orth = [_steady(pop, _grating(pop, n, p, pop.orientation[n] + np.pi / 2, 30))[n]
                 for p in phases]
@@ -153,7 +153,7 @@ def test_saccadic_suppression_then_enhancement(pop):
 def test_unit_valid_partial_fraction(pop):
     m = pop.unit_valid(1000, np.random.default_rng(0))
     partial = (~m).any(0)
-    assert partial.sum() == round(pop.params.partial_frac * pop.params.n_units)
+    assert partial.sum() == round(pop.params.partial_frac * pop.n_units)
     for n in np.flatnonzero(partial):  # one contiguous valid part
         assert np.abs(np.diff(m[:, n].astype(int))).sum() == 1
 

@@ -102,6 +102,7 @@ def simulate_gaze(n_bins: int, rate_hz: float, rng: np.random.Generator,
     """Simulate ``n_bins`` bins of free-viewing gaze at ``rate_hz`` (see module docstring)."""
     p, dt = params, 1.0 / rate_hz
     bx, by = p.bounds_deg
+    sd_step = p.drift_deg_per_sqrt_s * np.sqrt(dt)
     pos = np.array(start_deg, dtype=np.float64)
     pos = np.clip(pos, [-bx, -by], [bx, by])
     eye = np.empty((n_bins, 2))
@@ -155,8 +156,8 @@ def simulate_gaze(n_bins: int, rate_hz: float, rng: np.random.Generator,
                 k += end - t
                 t = end
                 continue
-            pos = pos + rng.normal(0, p.drift_deg_per_sqrt_s * np.sqrt(dt), size=2)
-            pos = np.clip(pos, [-bx, -by], [bx, by])
+            d = rng.normal(0, sd_step, size=2)  # scalar clipping: the loop's cost is per bin
+            pos = np.array((min(max(pos[0] + d[0], -bx), bx), min(max(pos[1] + d[1], -by), by)))
             eye[t] = pos
             t += 1
             k += 1

@@ -3,15 +3,20 @@
 One session = trials of a few seconds, each showing one of scikit-image's bundled natural
 photographs (grayscale) full-screen; simulated marmoset gaze (:mod:`.gaze`) moves a
 gaze-contingent window over it (:mod:`polar_data.sessions.render`); a ground-truth V1 population
-(:mod:`.population`, Gabor simple / energy complex cells, not the Polar-V1 model) responds
-with Poisson spikes. Everything is deterministic per ``(seed, session index)``.
+(:mod:`.population`: a mix of families, not the Polar-V1 model) responds with Poisson spikes
+to the crops at the eye's TRUE gaze, while the session records the gaze an eye tracker with a
+calibration error reports (:mod:`.calibration`) and the crops rendered at it, as a reader
+renders them from the file. Everything is deterministic per ``(seed, session index)``.
 
 On disk (``write_demo_session``, one session)::
 
     <out>/<name>/datasets/backimage.dset   the lab's format (+ backimage.yaml with cids,
                                            qcmissing); robs also holds unselected clusters
     <out>/<name>.nwb                       NWB, "screen" layout (full images + presentation
-                                           times; the reader renders the crops) or "crops"
+                                           times; the reader renders the crops) or "crops";
+                                           the ground truth (true gaze, expected counts, unit
+                                           kinds) in its ``misc`` module and units table
+                                           (read back by :mod:`.truth`)
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from typing import Literal
 import numpy as np
 
 from polar_data.config.typed_yaml import SEED_RANGE, FieldError, bounded, check_fields
+from polar_data.demo.calibration import CalibrationError, CalibrationParams, draw_calibration
 from polar_data.demo.dset_writer import write_dset
 from polar_data.demo.eye_movements import GazeParams, simulate_gaze
 from polar_data.demo.nwb_writer import write_nwb
-from polar_data.demo.population import PopulationParams, V1Population, sample_spikes
+from polar_data.demo.population import PopulationParams, V1Population
 from polar_data.readers.binning import mask_to_intervals
 from polar_data.sessions.render import hold_last_valid, render_crops
 from polar_data.sessions.session import Provenance, Session
@@ -41,7 +47,10 @@ IMAGE_NAMES = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "m
 class DemoConfig:
     """Demo-session generator settings (YAML: the ``demo:`` block of a data config).
 
-    Times in seconds, rates in Hz, geometry in pixels and degrees. A session's frames
+    Times in seconds, rates in Hz, geometry in pixels and degrees. ``population``: the
+    ground-truth units (families, modifiers); ``calibration``: the eye tracker's error (the
+    session's gaze and crops are the recorded ones, the neurons see the true ones). A
+    session's frames
     (``duration_s x rate_hz`` bins of ``crop_px x crop_px`` uint8 pixels) are held whole, so
     their size is bounded (:data:`MAX_SESSION_FRAMES_GIB`).
     """
@@ -60,6 +69,8 @@ class DemoConfig:
     nwb_layout: Literal["screen", "crops"] = "screen"
     seed: int = bounded(0, SEED_RANGE)
     gaze: GazeParams = field(default_factory=GazeParams)
+    population: PopulationParams = field(default_factory=PopulationParams)
+    calibration: CalibrationParams = field(default_factory=CalibrationParams)
 
     def __post_init__(self):
         check_fields(self)
@@ -103,6 +114,9 @@ class DemoSession:
     image_index: np.ndarray             # [n_trials] index into natural_images()
     noise_robs: np.ndarray              # [T, n_noise_clusters] counts of unselected clusters
     population: V1Population
+    true_eyepos: np.ndarray             # [T, 2] float32 deg, the eye's true gaze (NaN where
+                                        # invalid); session.eyepos is the recorded gaze
+    calibration: CalibrationError       # the injected recorded-minus-true error
 
 
 def generate_session(cfg: DemoConfig, index: int, images: list[np.ndarray] | None = None,
@@ -141,27 +155,37 @@ def generate_session(cfg: DemoConfig, index: int, images: list[np.ndarray] | Non
         clock += n * dt + cfg.iti_s
         total += n
         k += 1
-    eyepos = np.concatenate(gaze).astype(np.float32)
+    true_eyepos = np.concatenate(gaze).astype(np.float32)
     eye_valid = np.concatenate(valid)
     trial_ids = np.concatenate(trial)
     times = np.concatenate(t)
-    held = hold_last_valid(eyepos, eye_valid)
-    shape = (len(times), cfg.crop_px, cfg.crop_px)
-    if scratch is None:
-        stim = np.empty(shape, dtype=np.uint8)
-    else:
-        Path(scratch).mkdir(parents=True, exist_ok=True)
-        stim = np.lib.format.open_memmap(Path(scratch) / f"demo{index:02d}.frames.npy",
-                                         mode="w+", dtype=np.uint8, shape=shape)
+    # the tracker's calibration error (its own streams: the other draws do not move with it)
+    calib = draw_calibration(cfg.calibration, np.random.default_rng([cfg.seed, index, 2]),
+                             float(times[-1] - times[0]) if len(times) else 0.0)
+    eyepos = calib.record(true_eyepos, times - times[0],
+                          np.random.default_rng([cfg.seed, index, 3]))
+    held_true = hold_last_valid(true_eyepos, eye_valid)
+    held = hold_last_valid(eyepos, eye_valid)  # as the reader renders from the recorded gaze
+    stim = _frames(cfg, index, len(times), scratch, "frames")
+    seen = _frames(cfg, index, len(times), scratch, "seen") if calib.enabled else stim
     for k, img in enumerate(image_index):
         sel = np.flatnonzero(trial_ids == k)
         stim[sel] = render_crops(images[img], held[sel], cfg.screen_ppd, cfg.crop_px,
                                  cfg.crop_ppd)
+        if calib.enabled:  # what the eye sees: crops at the true gaze
+            seen[sel] = render_view(images[img], held_true[sel], cfg.screen_ppd, cfg.crop_px,
+                                    cfg.crop_ppd)
 
     n_units = int(rng.integers(cfg.n_units[0], cfg.n_units[1] + 1))
-    pop = V1Population(PopulationParams(n_units=n_units), cfg.crop_px, cfg.crop_ppd, rate, rng)
-    expected = pop.expected_counts(stim, trial_ids, np.concatenate(onset_bins), eye_valid)
-    robs = sample_spikes(expected, rng).astype(np.int32)
+    pop = V1Population(cfg.population, cfg.crop_px, cfg.crop_ppd, rate, rng, n_units=n_units,
+                       extra_rng=np.random.default_rng([cfg.seed, index, 1]))
+    expected = pop.expected_counts(seen, trial_ids, np.concatenate(onset_bins), eye_valid,
+                                   gaze=held_true)
+    if calib.enabled and scratch is not None:
+        del seen
+        (Path(scratch) / f"demo{index:02d}.seen.npy").unlink(missing_ok=True)
+    robs, expected = pop.sample(expected, trial_ids, rng,
+                                adapt_rng=np.random.default_rng([cfg.seed, index, 4]))
     unit_valid = pop.unit_valid(len(times), rng)
     noise = rng.poisson(0.02, size=(len(times), cfg.n_noise_clusters)).astype(np.int32)
     # selected units sit at scattered columns of the full cluster table (cids)
@@ -177,7 +201,7 @@ def generate_session(cfg: DemoConfig, index: int, images: list[np.ndarray] | Non
         rate_hz=rate,
         ppd=cfg.crop_ppd,
         stim=stim,
-        eyepos=np.where(eye_valid[:, None], eyepos, np.nan).astype(np.float32),
+        eyepos=np.where(eye_valid[:, None], eyepos, np.nan).astype(np.float32),  # recorded
         eye_valid=eye_valid,
         trial=trial_ids,
         t=times,
@@ -189,14 +213,73 @@ def generate_session(cfg: DemoConfig, index: int, images: list[np.ndarray] | Non
         provenance=Provenance(source=f"demo:seed={cfg.seed},index={index}", sha256="",
                               reader="demo"),
     )
+    true_eyepos = np.where(eye_valid[:, None], true_eyepos, np.nan).astype(np.float32)
     return DemoSession(session.validate(), spike_times, np.asarray(onsets),
-                       np.asarray(image_index), noise, pop)
+                       np.asarray(image_index), noise, pop, true_eyepos, calib)
+
+
+def render_view(image: np.ndarray, gaze_deg: np.ndarray, screen_ppd: float, crop_px: int,
+                crop_ppd: float, fill: float = 127.0, chunk: int = 64) -> np.ndarray:
+    """uint8 [F, crop_px, crop_px]: what the eye sees at gaze [F, 2] (deg, finite): the
+    geometry and bilinear sampling of :func:`polar_data.sessions.render.render_crops`, in
+    fewer passes (the neurons' view, rendered at the true gaze, need not match a reader's
+    rendering to the last bit: a pixel may differ by one grey level where a value rounds at
+    .5). Each pixel's four bilinear neighbours are packed into one 4-byte word, so a crop
+    pixel is one gather."""
+    Hs, Ws = image.shape
+    W2 = Ws + 2
+    fillv = int(np.clip(np.rint(fill), 0, 255))
+    padded = np.full((Hs + 4, W2), fillv, dtype=np.uint8)  # 2 more rows: the last quads
+    padded[1 : Hs + 1, 1:-1] = image
+    f = padded.ravel()
+    n = (Hs + 2) * W2
+    quad = np.ascontiguousarray(np.stack(
+        [f[:n], f[1 : n + 1], f[W2 : n + W2], f[W2 + 1 : n + W2 + 1]], -1)).view(np.uint32)
+    quad = quad.ravel()
+    cy, cx = (Hs - 1) / 2.0, (Ws - 1) / 2.0
+    off = (np.arange(crop_px) - (crop_px - 1) / 2.0) / crop_ppd
+    gaze = np.asarray(gaze_deg, dtype=np.float64)
+    out = np.empty((len(gaze), crop_px, crop_px), dtype=np.uint8)
+    for s in range(0, len(gaze), chunk):
+        g = gaze[s : s + chunk]
+        cols = np.clip(cx + (g[:, 0, None] + off) * screen_ppd + 1.0, 0.0, Ws + 1.0 - 1e-6)
+        rows = np.clip(cy - (g[:, 1, None] - off) * screen_ppd + 1.0, 0.0, Hs + 1.0 - 1e-6)
+        c0, r0 = cols.astype(np.int32), rows.astype(np.int32)  # floor: both are >= 0
+        fc = (cols - c0).astype(np.float32)[:, None, :]
+        fr = (rows - r0).astype(np.float32)[:, :, None]
+        q = quad.take((r0 * W2)[:, :, None] + c0[:, None, :]).view(np.uint8)
+        q = q.reshape(len(g), crop_px, crop_px, 4).astype(np.float32)
+        top = q[..., 0] + (q[..., 1] - q[..., 0]) * fc
+        val = top + (q[..., 2] + (q[..., 3] - q[..., 2]) * fc - top) * fr
+        out[s : s + chunk] = np.clip(np.rint(val), 0, 255)
+    return out
+
+
+def _frames(cfg: DemoConfig, index: int, n: int, scratch, what: str) -> np.ndarray:
+    """uint8 [n, crop_px, crop_px] to fill: in memory, or memory-mapped in ``scratch``."""
+    shape = (n, cfg.crop_px, cfg.crop_px)
+    if scratch is None:
+        return np.empty(shape, dtype=np.uint8)
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(Path(scratch) / f"demo{index:02d}.{what}.npy",
+                                     mode="w+", dtype=np.uint8, shape=shape)
 
 
 def _with_bounds(params: GazeParams, bounds: tuple[float, float]) -> GazeParams:
     from dataclasses import replace
 
     return replace(params, bounds_deg=(float(bounds[0]), float(bounds[1])))
+
+
+def unit_truth_columns(pop: V1Population) -> dict[str, tuple[np.ndarray, str]]:
+    """The units table's ground-truth columns of a demo population (read back by
+    :func:`polar_data.demo.truth.read_truth`)."""
+    return {
+        "kind": (pop.kind, "ground-truth family of the simulated unit "
+                           "(polar_data.demo.families)"),
+        "adapting": (pop.adapting, "true if the unit's rate adapts to its own spikes"),
+        "gain_field": (pop.gain_field, "true if the unit's rate has a gaze-position gain field"),
+    }
 
 
 def write_demo_session(demo: DemoSession, out_dir: str | Path, cfg: DemoConfig,
@@ -209,6 +292,8 @@ def write_demo_session(demo: DemoSession, out_dir: str | Path, cfg: DemoConfig,
         s, out_dir / f"{s.name}.nwb", demo.spike_times, layout=cfg.nwb_layout,
         screen_images=[images[i] for i in range(len(images))],
         presentation=(demo.onsets, demo.image_index), screen_ppd=cfg.screen_ppd,
+        true_eyepos=demo.true_eyepos, unit_columns=unit_truth_columns(demo.population),
+        truth_comments=demo.calibration.to_json(),
     )
     if not dset:
         return None, nwb

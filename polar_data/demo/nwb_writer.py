@@ -24,6 +24,9 @@ def write_nwb(
     presentation: tuple[np.ndarray, np.ndarray] | None = None,
     screen_ppd: float | None = None,
     fill: int = 127,
+    true_eyepos: np.ndarray | None = None,
+    unit_columns: dict[str, tuple[np.ndarray, str]] | None = None,
+    truth_comments: str | None = None,
 ) -> Path:
     """Write ``session`` as a DANDI-clean NWB file in layout ``crops`` or ``screen`` (module
     docstring); ``nwbinspector --config dandi`` finds no critical issue and no best-practice
@@ -33,6 +36,14 @@ def write_nwb(
     dropped: NWB's ``obs_intervals`` say the unit was not observed then). For ``screen``:
     ``screen_images`` (uint8 [Hs, Ws] each), ``presentation`` = (onset times [P], image index
     [P]) and ``screen_ppd``.
+
+    Ground truth (the demo's; kept out of everything a reader reads as data):
+    ``session.true_rate`` -> ``processing['misc']['expected_counts']``; ``true_eyepos``
+    (float32 [T, 2] deg, the eye's true gaze, NaN where invalid) ->
+    ``processing['misc']['true_eyepos']`` (a plain ``TimeSeries``, not the gaze series;
+    ``truth_comments``, e.g. the calibration error's JSON, in its ``comments``);
+    ``unit_columns`` (name -> (values [N], description), e.g. ``kind``) -> columns of the
+    units table.
     """
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     from pynwb.base import Images
@@ -53,8 +64,8 @@ def write_nwb(
         experimenter=["Generator, Polar-V1 Demo"],
         lab="Polar-V1",
         institution="Polar-V1 open-source project",
-        experiment_description="Free viewing of natural images with precise eye tracking; "
-        "V1 spikes simulated from a Gabor-energy population with a saccade-locked gain.",
+        experiment_description="Free viewing of natural images with eye tracking; V1 "
+        "spikes simulated from a mixed population of model units with a saccade-locked gain.",
         keywords=["V1", "marmoset", "free viewing", "eye tracking", "simulated"],
     )
     nwb.subject = Subject(subject_id=f"sim-{session.name}", species="Callithrix jacchus",
@@ -76,8 +87,11 @@ def write_nwb(
     beh.add(EyeTracking(spatial_series=eye))
     nwb.units = Units(name="units", description="simulated V1 units (spike times in seconds)",
                       resolution=dt)
+    columns = unit_columns or {}
+    for name, (_, text) in columns.items():
+        nwb.units.add_column(name=name, description=text)
     for j in range(session.n_units):
-        kw = {}
+        kw = {name: _plain(values[j]) for name, (values, _) in columns.items()}
         st = np.asarray(spike_times[j], dtype=np.float64)
         if session.unit_valid is not None:
             obs = mask_to_intervals(session.t, dt, session.unit_valid[:, j])
@@ -114,13 +128,31 @@ def write_nwb(
         ))
     else:
         raise ValueError(f"layout must be 'crops' or 'screen', got {layout!r}")
-    if session.true_rate is not None:
+    gt = None
+    if session.true_rate is not None or true_eyepos is not None:
         gt = nwb.create_processing_module("misc", "the demo generator's ground truth")
+    if session.true_rate is not None:
         gt.add(TimeSeries(name="expected_counts", data=session.true_rate,
                           unit="spikes per bin", timestamps=session.t,
                           description="true expected spike counts per bin of every unit"))
+    if true_eyepos is not None:
+        true_eyepos = np.asarray(true_eyepos, dtype=np.float32)
+        if true_eyepos.shape != (session.n_bins, 2):
+            raise ValueError(f"true_eyepos must be [{session.n_bins}, 2], got "
+                             f"{true_eyepos.shape}")
+        gt.add(TimeSeries(name="true_eyepos", data=true_eyepos, unit="degrees",
+                          timestamps=eye, comments=truth_comments or "no comments",
+                          description="the eye's true gaze in degrees of visual angle (x right, "
+                          "y up), before the tracker's calibration error; NaN where the "
+                          "tracker lost the eye. Ground truth only: the recorded gaze is the "
+                          "EyeTracking series"))
     tmp = path.with_name(path.stem + ".partial.nwb")
     with NWBHDF5IO(str(tmp), "w") as io:
         io.write(nwb)
     tmp.replace(path)
     return path
+
+
+def _plain(v):
+    """A numpy scalar as the Python value pynwb stores (str, bool, int, float)."""
+    return v.item() if isinstance(v, np.generic) else v
