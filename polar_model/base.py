@@ -14,15 +14,18 @@ from polar_model.spec import DataSpec
 class ModelOutput:
     """log_rate: ``[B, L, N]`` log expected counts per bin for bins ``window_len - 1 .. S - 1``
     of the input's S bins (L = S - window_len + 1; with ``last_only`` L = 1); jepa_loss:
-    scalar or None."""
+    scalar or None; penalty: scalar or None, a regulariser of the model's own (the shifter's
+    penalty toward zero shift) that training adds to the loss as it is."""
 
     log_rate: torch.Tensor
     jepa_loss: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None
 
 
 class EncodingModel(nn.Module):
-    """Base class: ``forward(stim [B, 1, S, H, W], eyepos [B, S, 2], session, last_only)``
-    (``eyepos``: raw gaze in degrees, x right / y up).
+    """Base class: ``forward(stim [B, 1, S, H, W], eyepos [B, S, 2], session, last_only,
+    end)`` (``eyepos``: raw gaze in degrees, x right / y up; ``end [B]``: each sample's last
+    bin in its session, or None; only a shifter's drift reads it).
 
     Inputs are oldest first (index -1 = current bin); the model is causal: the output for
     bin t depends on inputs at bins <= t only. Recurrent state starts at the first input bin.

@@ -11,6 +11,7 @@ from polar_model.base import EncodingModel, ModelOutput
 from polar_model.config import BaselineConfig
 from polar_model.gaze import V_SCALE, kinematics
 from polar_model.readout import MultiLevelGaussianReadout
+from polar_model.shifter import Shifter, translation
 from polar_model.spec import DataSpec
 
 
@@ -61,7 +62,9 @@ class ConvGRUCell(nn.Module):
 class ResNetConvGRU(EncodingModel):
     """The lab's current best, at CPU-friendly resolution (frames downsampled 4x in space by
     the ResNet). Causal in time everywhere; the readout reads the GRU state at every output
-    step."""
+    step. With ``shifter`` (:mod:`polar_model.shifter`) the learned calibration error joins
+    the per-session adapter's translation: one ``grid_sample`` per frame moves its content
+    by the shift (edges by border padding then; without the shifter, zeros as before)."""
 
     def __init__(self, cfg: BaselineConfig, spec: DataSpec):
         super().__init__(spec)
@@ -79,16 +82,31 @@ class ResNetConvGRU(EncodingModel):
         self.gru = ConvGRUCell(c2 + cfg.beh_emb_dim, cfg.gru_hidden, cfg.gru_kernel)
         self.readouts = nn.ModuleList(
             MultiLevelGaussianReadout(n, 1, cfg.gru_hidden, r, cfg.readout_sigma,
-                                      cfg.output_link, cfg.readout_weight_std)
+                                      cfg.output_link, cfg.readout_weight_std,
+                                cfg.readout_sample_positions)
             for n, r in zip(spec.n_units, spec.mean_rates))
+        self.shifter = (Shifter(n_sess, cfg.shifter_hidden, cfg.shifter_drift, spec.rate_hz)
+                        if cfg.shifter else None)
 
-    def forward(self, stim, eyepos, session: int, last_only: bool = False) -> ModelOutput:
+    def forward(self, stim, eyepos, session: int, last_only: bool = False,
+                end: torch.Tensor | None = None) -> ModelOutput:
+        """``end [B]``: each sample's last session bin; read only by ``shifter_drift``."""
         S = self.check(stim, eyepos, session)
         B, _, _, H, W = stim.shape
         frames = stim[:, 0].reshape(B * S, 1, H, W).float()
-        grid = F.affine_grid(self.adapter[session].expand(B * S, 2, 3), frames.shape,
-                             align_corners=False)
-        x = F.grid_sample(frames, grid, align_corners=False).view(B, S, H, W)[:, None]
+        theta = self.adapter[session].expand(B * S, 2, 3)
+        penalty, padding = None, "zeros"
+        if self.shifter is not None:
+            with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
+                shift = self.shifter(eyepos.float(), session, end)  # [B, S, 2] deg
+                penalty = self.shifter.penalty(shift, session, self.cfg.shifter_penalty,
+                                               self.cfg.shifter_centre_penalty)
+            move = translation(shift.reshape(B * S, 2), self.spec.ppd, (H, W))
+            theta = torch.cat([theta[..., :2], theta[..., 2:] + move[..., 2:]], -1)
+            padding = "border"
+        grid = F.affine_grid(theta, frames.shape, align_corners=False)
+        x = F.grid_sample(frames, grid, padding_mode=padding,
+                          align_corners=False).view(B, S, H, W)[:, None]
         x = self.block2(F.gelu(self.down(self.block1(F.gelu(self.stem(self.front(x)))))))
         with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
             v, _ = kinematics(eyepos.float(), self.dt)
@@ -104,4 +122,4 @@ class ResNetConvGRU(EncodingModel):
             if t >= first:
                 states.append(h)
         feats = torch.stack(states, 1)  # [B, L, hidden, h, w]
-        return ModelOutput(self.readouts[session]([feats]), None)
+        return ModelOutput(self.readouts[session]([feats]), None, penalty)

@@ -14,6 +14,7 @@ from polar_model.jepa import JEPA
 from polar_model.pyramid import LaplacianPyramid
 from polar_model.quadrature import QuadratureFilterBank
 from polar_model.readout import MultiLevelGaussianReadout
+from polar_model.shifter import Shifter, shift_frames
 from polar_model.spec import DataSpec
 from polar_model.temporal_summary import TemporalSummarizer, static_features
 
@@ -33,6 +34,10 @@ class PolarV1(EncodingModel):
       pooled by the masks as they are made
       (:class:`TemporalSummarizer`), never kept at full resolution.
     * JEPA (``use_jepa``): on the per-step spatially pooled features (training mode only).
+    * Shifter (``shifter``; :mod:`polar_model.shifter`): per session, the eye tracker's
+      calibration error learned from the recorded gaze (and with ``shifter_drift`` the bin's
+      time); each frame is moved by it before the pyramid, so the model sees the crop at the
+      estimated true gaze; its penalty is :attr:`ModelOutput.penalty`.
     """
 
     def __init__(self, cfg: PolarConfig, spec: DataSpec):
@@ -62,8 +67,11 @@ class PolarV1(EncodingModel):
                                  for _ in range(n_levels))
         self.readouts = nn.ModuleList(
             MultiLevelGaussianReadout(n, n_levels, cfg.readout_dim, r, self.readout_sigmas(),
-                                      cfg.output_link, cfg.readout_weight_std)
+                                      cfg.output_link, cfg.readout_weight_std,
+                                      cfg.readout_sample_positions)
             for n, r in zip(spec.n_units, spec.mean_rates))
+        self.shifter = (Shifter(len(spec.n_units), cfg.shifter_hidden, cfg.shifter_drift,
+                                spec.rate_hz) if cfg.shifter else None)
         self.jepa = (JEPA(n_levels * n_feat * M, cfg.jepa_dim, cfg.jepa_delta, cfg.min_context,
                           cfg.jepa_ema) if cfg.use_jepa else None)
 
@@ -75,10 +83,12 @@ class PolarV1(EncodingModel):
 
     def pooling_weights(self, session: int, pool: bool) -> list[torch.Tensor]:
         """Per level ``[H_l * W_l, K]``: the columns are the session's readout masks (K = N),
-        and with ``pool`` one more uniform column (the spatial mean, for JEPA)."""
+        and with ``pool`` one more uniform column (the spatial mean, for JEPA); one position
+        draw for all levels (:meth:`MultiLevelGaussianReadout.positions`)."""
         out = []
+        mu = self.readouts[session].positions()
         for level, hw in enumerate(self.sizes):
-            w = self.readouts[session].weights(level, hw)
+            w = self.readouts[session].weights(level, hw, mu)
             if pool:
                 w = torch.cat([w, w.new_full((w.shape[0], 1), 1.0 / w.shape[0])], 1)
             out.append(w)
@@ -131,9 +141,19 @@ class PolarV1(EncodingModel):
         p_even, p_odd, p_amp, *state = self.dynamics(y, weights, first, means, *drive)
         return self.summarizer(p_amp, p_even, p_odd, state[:4], state[4:])
 
-    def forward(self, stim, eyepos, session: int, last_only: bool = False) -> ModelOutput:
+    def forward(self, stim, eyepos, session: int, last_only: bool = False,
+                end: torch.Tensor | None = None) -> ModelOutput:
+        """``end [B]``: the session bin of each sample's last step (the batch's ``end``); read
+        only by the shifter's drift (``shifter_drift``), which needs it."""
         S = self.check(stim, eyepos, session)
         first = S - 1 if last_only else self.window_len - 1
+        penalty = None
+        if self.shifter is not None:
+            with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
+                shift = self.shifter(eyepos.float(), session, end)  # [B, S, 2] deg
+                penalty = self.shifter.penalty(shift, session, self.cfg.shifter_penalty,
+                                               self.cfg.shifter_centre_penalty)
+            stim = shift_frames(stim, shift, self.spec.ppd)
         beh_code = None
         if self.cfg.use_behavior:
             with torch.autocast(stim.device.type, enabled=False):  # gaze: float32 always
@@ -149,7 +169,7 @@ class PolarV1(EncodingModel):
         log_rate = self.readouts[session].head(pooled, self.mix)        # [B, L, N]
         if beh_code is not None:
             log_rate = log_rate + self.saccade_gain[session](beh_code[0])[:, first:]
-        return ModelOutput(log_rate, jepa_loss)
+        return ModelOutput(log_rate, jepa_loss, penalty)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The front end every output depends on (not the readouts, gains or JEPA heads)."""

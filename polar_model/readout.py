@@ -68,12 +68,17 @@ class MultiLevelGaussianReadout(nn.Module):
     Feature weights start at ``weight_std * randn`` (default ``1 / sqrt(levels x dim)``, so
     the front end gets a gradient of the same order as the readout's from the first step).
 
+    With ``sample_positions`` (Lurz et al. 2021), each training forward pass reads every unit
+    at a position drawn from ``N(mu, sigma_pos^2)`` (:meth:`positions`; ``sigma_pos`` learned
+    per unit, isotropic, starting at the first level's mask std), evaluation at ``mu``.
+
     features: list over levels of ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``.
     """
 
     def __init__(self, n_units: int, n_levels: int, dim: int, mean_rates,
                  sigma: float | list[float],
-                 link: str = "exp", weight_std: float | None = None):
+                 link: str = "exp", weight_std: float | None = None,
+                 sample_positions: bool = False):
         super().__init__()
         if link not in LINKS:
             raise ValueError(f"output_link must be one of {LINKS}, got {link!r}")
@@ -91,6 +96,10 @@ class MultiLevelGaussianReadout(nn.Module):
             self.bias = nn.Parameter(torch.full((n_units,), _SOFTPLUS_ONE))
         self.register_buffer("log_scale", rates.log())
         self.log_beta = nn.Parameter(torch.zeros(n_units)) if link == "learned" else None
+        # position sampling (Lurz et al. 2021): a learned isotropic std per unit in [-1, 1]
+        # units, starting at the first level's mask std
+        self.log_sigma_pos = (nn.Parameter(sig[0].log().repeat(n_units))
+                              if sample_positions else None)
 
     @property
     def mu(self) -> torch.Tensor:
@@ -105,17 +114,33 @@ class MultiLevelGaussianReadout(nn.Module):
             raise ValueError(f"positions must be {tuple(self._mu.shape)}, got {tuple(mu.shape)}")
         self._mu.copy_(torch.atanh(mu.to(self._mu).clamp(-0.95, 0.95)))
 
-    def masks(self, level: int, hw: tuple[int, int]) -> torch.Tensor:
-        return gaussian_masks(self.mu, self.log_sigma[:, level].clamp(-4, 1),
+    def positions(self) -> torch.Tensor:
+        """The positions ``[N, 2]`` (x right, y down, [-1, 1]) one forward pass reads at: with
+        position sampling, in training, a draw from ``N(mu, sigma_pos^2)`` per unit (one per
+        call: call once per batch and pass it to every level), else :attr:`mu`."""
+        mu = self.mu
+        if self.log_sigma_pos is None or not self.training:
+            return mu
+        noise = torch.randn_like(mu) * self.log_sigma_pos.clamp(-8, 1).exp()[:, None]
+        return (mu + noise).clamp(-1.0, 1.0)
+
+    def masks(self, level: int, hw: tuple[int, int], mu: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Masks ``[N, H, W]`` of one level at positions ``mu [N, 2]`` (default :attr:`mu`)."""
+        return gaussian_masks(self.mu if mu is None else mu,
+                              self.log_sigma[:, level].clamp(-4, 1),
                               0.9 * torch.tanh(self._corr[:, level]), hw)
 
-    def weights(self, level: int, hw: tuple[int, int]) -> torch.Tensor:
-        """The masks of one level as pooling weights ``[H * W, N]`` (for :func:`pool`)."""
-        return self.masks(level, hw).flatten(1).t()
+    def weights(self, level: int, hw: tuple[int, int], mu: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The masks of one level as pooling weights ``[H * W, N]`` (for :func:`pool`), at
+        positions ``mu`` (default :attr:`mu`; :meth:`positions` in a forward pass)."""
+        return self.masks(level, hw, mu).flatten(1).t()
 
-    def pool(self, level: int, f: torch.Tensor) -> torch.Tensor:
+    def pool(self, level: int, f: torch.Tensor, mu: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """Features ``[..., D, H, W]`` of one level pooled by each unit's mask: ``[..., N, D]``."""
-        return pool(f, self.weights(level, tuple(f.shape[-2:]))).transpose(-1, -2)
+        return pool(f, self.weights(level, tuple(f.shape[-2:]), mu)).transpose(-1, -2)
 
     def head(self, pooled: list[torch.Tensor], mix: list[nn.Module] | None = None
              ) -> torch.Tensor:
@@ -131,6 +156,7 @@ class MultiLevelGaussianReadout(nn.Module):
 
     def forward(self, features: list[torch.Tensor], mix: list[nn.Module] | None = None
                 ) -> torch.Tensor:
-        """Features per level ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``: :meth:`pool`, then
-        :meth:`head`."""
-        return self.head([self.pool(level, f) for level, f in enumerate(features)], mix)
+        """Features per level ``[B, L, D, H_l, W_l]`` -> ``[B, L, N]``: :meth:`pool` at one
+        :meth:`positions` draw for all levels, then :meth:`head`."""
+        mu = self.positions()
+        return self.head([self.pool(level, f, mu) for level, f in enumerate(features)], mix)

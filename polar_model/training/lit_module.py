@@ -89,7 +89,7 @@ class EncodingModule(L.LightningModule):
             raise TypeError("forward takes normalised float frames; a loader batch (uint8) "
                             "goes through polar_data.loaders.batches.normalise_stim first "
                             "(fit with PolarDataModule, which does it after the device transfer)")
-        return self.model(batch[STIM], batch[EYEPOS], session_of(batch))
+        return self.model(batch[STIM], batch[EYEPOS], session_of(batch), end=batch[END])
 
     @staticmethod
     def targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +130,8 @@ class EncodingModule(L.LightningModule):
             w = self.jepa_weight(nll, out.jepa_loss) if torch.isfinite(nll) else 0.0
             self._last_jepa_weight = w
             loss = nll + w * out.jepa_loss
+        if out.penalty is not None:  # the model's own regulariser (the shifter's)
+            loss = loss + out.penalty
         where = f"a batch of session {session!r} (bins ending {batch[END][:4].tolist()}...)"
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -161,6 +163,8 @@ class EncodingModule(L.LightningModule):
         if out.jepa_loss is not None:
             self.log("train/jepa", out.jepa_loss, batch_size=n)
             self.log("train/jepa_weight", float(self._last_jepa_weight), batch_size=n)
+        if out.penalty is not None:
+            self.log("train/shift_penalty", out.penalty, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         return loss
