@@ -58,6 +58,39 @@ def kinds_of(store: Path) -> dict[tuple[str, int], str]:
     return out
 
 
+def shifter_error(case: Path, every: int = 10) -> dict:
+    """How well the trained shifter recovered the injected calibration field, in arcmin RMS
+    over the sessions' valid gaze samples (every ``every``-th bin), both with their means
+    removed (a constant offset trades off against the readout positions): the shifter at the
+    recorded gaze against the field at the true gaze (the drift and noise are not the
+    field's), and the field itself (what a model without a shifter is off by). {} when the
+    model has no shifter or the demo no calibration error."""
+    import numpy as np
+    import torch
+
+    import polar_model
+    from polar_data.demo.truth import read_truth
+
+    model = polar_model.load(case / "run/checkpoints/best.ckpt").module.model
+    if getattr(model, "shifter", None) is None:
+        return {}
+    err, field = [], []
+    for i, name in enumerate(model.spec.session_names):
+        truth = read_truth(case / "store/sessions" / f"{name}.nwb")
+        if not truth.calibration.enabled:
+            return {}
+        ok = np.flatnonzero(np.isfinite(truth.recorded_eyepos).all(1)
+                            & np.isfinite(truth.true_eyepos).all(1))[::every]
+        with torch.no_grad():
+            got = model.shifter.gaze_shift(torch.from_numpy(truth.recorded_eyepos[ok]),
+                                           i).double().numpy()
+        want = truth.calibration.field(truth.true_eyepos[ok])
+        err.append((got - got.mean(0)) - (want - want.mean(0)))
+        field.append(want - want.mean(0))
+    rms = lambda x: float(np.sqrt((np.concatenate(x) ** 2).sum(1).mean()) * 60)  # noqa: E731
+    return {"shift_error_arcmin": rms(err), "field_arcmin": rms(field)}
+
+
 def score(case: Path) -> dict:
     """Overall and per-kind val fraction of the oracle of a finished case."""
     summary = json.loads((case / "eval" / "summary.json").read_text())
@@ -73,7 +106,8 @@ def score(case: Path) -> dict:
     per_kind = {k: bps[k] / orc[k] for k in sorted(bps) if orc[k] > 0}
     return {"val_bps": val["bps"]["mean_unclamped"],
             "oracle_bps": val["oracle"]["mean_unclamped"],
-            "fraction": val["fraction_of_oracle"], "per_kind": per_kind}
+            "fraction": val["fraction_of_oracle"], "per_kind": per_kind,
+            **shifter_error(case)}
 
 
 def one_case(data: Path, seed: int, a, extra: list[str]) -> dict:
@@ -106,12 +140,15 @@ def one_case(data: Path, seed: int, a, extra: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     kinds = sorted({k for r in rows for k in r["per_kind"]})
-    head = ["case", "val BPS", "oracle BPS", "fraction of oracle", *kinds, "train min"]
+    head = ["case", "val BPS", "oracle BPS", "fraction of oracle", *kinds,
+            "field (arcmin)", "shifter error (arcmin)", "train min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["case"], f"{r['val_bps']:.4f}", f"{r['oracle_bps']:.4f}",
                  f"**{r['fraction']:.3f}**",
                  *(f"{r['per_kind'][k]:.2f}" if k in r["per_kind"] else "" for k in kinds),
+                 *(f"{r[k]:.2f}" if k in r else "-" for k in ("field_arcmin",
+                                                               "shift_error_arcmin")),
                  f"{r.get('train_s', float('nan')) / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
