@@ -29,7 +29,25 @@ WIDTH = "[1, 4096]"  # channels / feature sizes: generous, finite
 
 
 @dataclass
-class PolarConfig:
+class GazeCorrection:
+    """Settings both models share: the shifter (:mod:`polar_model.shifter`) and readout
+    position sampling. A base of :class:`PolarConfig` and :class:`BaselineConfig`, so each
+    setting is written once."""
+
+    shifter: bool = True             # learn the eye tracker's calibration error (gaze ->
+                                    # shift of the crop, per session; polar_model.shifter)
+    shifter_hidden: int = bounded(20, WIDTH)  # shifter MLP: 2 -> hidden (softplus) -> 2
+    shifter_penalty: float = bounded(  # weight on the mean squared shift (deg^2) per batch
+        0.0, "[0, 1000000]")
+    shifter_centre_penalty: float = bounded(  # weight on the squared shift at gaze (0, 0)
+        1.0, "[0, 1000000]")            # (deg^2): pins the constant the readouts can absorb
+    shifter_drift: bool = False      # + a slow drift in the session's clock (needs `end`)
+    readout_sample_positions: bool = False  # training reads each unit at a position drawn
+                                    # from N(mu, sigma_pos^2) (sigma_pos learned), eval at mu
+
+
+@dataclass
+class PolarConfig(GazeCorrection):
     """Polar-V1; the defaults are the full model (behaviour + JEPA). Frequencies in
     cycles/pixel, rates in 1/s, speeds in deg/s."""
 
@@ -64,16 +82,6 @@ class PolarConfig:
                                     # unit's RF peak on the training split, or the centre
     output_link: Literal["exp", "softplus", "learned"] = "softplus"  # rate = mean rate x
                                     # softplus(x): follows rectified neurons, exp cannot
-    shifter: bool = True             # learn the eye tracker's calibration error (gaze ->
-                                    # shift of the crop, per session; polar_model.shifter)
-    shifter_hidden: int = bounded(20, WIDTH)  # shifter MLP: 2 -> hidden (softplus) -> 2
-    shifter_penalty: float = bounded(  # weight on the mean squared shift (deg^2) per batch
-        0.0, "[0, 1000000]")
-    shifter_centre_penalty: float = bounded(  # weight on the squared shift at gaze (0, 0)
-        1.0, "[0, 1000000]")            # (deg^2): pins the constant the readouts can absorb
-    shifter_drift: bool = False      # + a slow drift in the session's clock (needs `end`)
-    readout_sample_positions: bool = False  # training reads each unit at a position drawn
-                                    # from N(mu, sigma_pos^2) (sigma_pos learned), eval at mu
     use_jepa: bool = True
     jepa_delta: int = bounded(4, "[1, 1024]")  # predict features jepa_delta bins ahead
     min_context: int = bounded(8, "[1, 2048]")  # bins of context the JEPA needs at least
@@ -99,7 +107,7 @@ class PolarConfig:
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(GazeCorrection):
     """ResNet + ConvGRU baseline (the lab's current best)."""
 
     name: str = "baseline"          # a plain name (the run folder runs/<name>)
@@ -114,17 +122,6 @@ class BaselineConfig:
     readout_weight_std: float | None = bounded(None, "(0, 1000]")
     readout_placement: Literal["rf_maps", "centre"] = "rf_maps"
     output_link: Literal["exp", "softplus", "learned"] = "softplus"  # as Polar-V1's
-    shifter: bool = True             # learn the eye tracker's calibration error (gaze ->
-                                    # shift of the sampled crop, per session; polar_model.shifter)
-    shifter_hidden: int = bounded(20, WIDTH)  # shifter MLP: 2 -> hidden (softplus) -> 2
-    shifter_penalty: float = bounded(  # weight on the mean squared shift (deg^2) per batch
-        0.0, "[0, 1000000]")
-    shifter_centre_penalty: float = bounded(  # weight on the squared shift at gaze (0, 0)
-        1.0, "[0, 1000000]")            # (deg^2): pins the constant the readouts can absorb
-    shifter_drift: bool = False      # + a slow drift in the session's clock (needs `end`)
-    readout_sample_positions: bool = False  # training reads each unit at a position drawn
-                                    # from N(mu, sigma_pos^2) (sigma_pos learned), eval at mu
-
     def __post_init__(self):
         check_fields(self)
         check_name("name", self.name)
